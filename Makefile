@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` (the offline shapes-world demo) and `make test`.
+# Each creates .venv and installs what is missing; both are quick once it exists.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo demo-full test lint env
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU wheel of torch 2.13.0 lies on these machines; a bare `torch` could pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demo/run_demo.py $(ARGS)
+
+demo-full: $(STAMP)
+	$(PY) demo/run_demo.py --full $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
