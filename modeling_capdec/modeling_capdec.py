@@ -1,0 +1,626 @@
+"""CapDec: a frozen CLIP, a mapping network and a causal-LM decoder, composed from Transformers Auto models.
+
+The module layout mirrors the paper's code so its checkpoints map one-to-one:
+`clip_project.model.{0,2}` (MLP mapper), `clip_project.{linear, prefix_const, transformer.layers.N.*}`
+(transformer mapper), and `decoder.*` for the original `gpt.*`.
+"""
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedModel,
+)
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput, logging
+
+from .configuration_capdec import CapDecConfig
+from .noise_capdec import inject_noise as noise_embeddings
+
+logger = logging.get_logger(__name__)
+
+# What a saved folder declares, so that it loads with trust_remote_code where this package is not installed.
+# (register_for_auto_class keeps one Auto class per class: the other entries are written here.)
+HUB_AUTO_MAP = {
+    "AutoConfig": "configuration_capdec.CapDecConfig",
+    "AutoModel": "modeling_capdec.CapDecForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_capdec.CapDecForConditionalGeneration",
+    "AutoProcessor": "processing_capdec.CapDecProcessor",
+}
+# transformers 5 has no built-in "image-to-text" task (it is rewritten to image-text-to-text), but a custom
+# pipeline declared in the config is looked up before that rewrite.
+HUB_CUSTOM_PIPELINES = {
+    "image-to-text": {
+        "impl": "pipeline_capdec.CapDecImageToTextPipeline",
+        "pt": ["AutoModelForImageTextToText"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
+
+# Loading keyword arguments that concern both pretrained parts in `from_clip_decoder_pretrained`.
+_SHARED_LOADING_KWARGS = (
+    "dtype",
+    "torch_dtype",
+    "cache_dir",
+    "local_files_only",
+    "token",
+    "attn_implementation",
+    "trust_remote_code",
+    "force_download",
+    "proxies",
+)
+
+
+@dataclass
+class CapDecOutput(ModelOutput):
+    r"""
+    Output of [`CapDecForConditionalGeneration`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*): mean cross-entropy over caption tokens
+            (labels != -100), or their sum divided by `num_items_in_batch` when that is given.
+        logits (`torch.FloatTensor`): with `labels`, `(batch, seq_len, vocab)` where `logits[:, i]`
+            predicts `labels[:, i]` (the prefix positions are not projected to the vocabulary);
+            otherwise `(batch, prefix_length + seq_len, vocab)` over the whole decoder input.
+        cache (`Cache`, *optional*): the decoder's key/value cache.
+        prefix_embeds (`torch.FloatTensor` of shape `(batch, prefix_length, hidden)`, *optional*):
+            the mapped CLIP prefix, when CLIP inputs were given.
+        hidden_states, attentions: the decoder's, when asked for.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    prefix_embeds: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class CapDecMLPMapper(nn.Module):
+    """ClipCap/CapDec MLP mapping: Linear(d, h*p/2) -> Tanh -> Linear(h*p/2, h*p), reshaped to p vectors."""
+
+    def __init__(self, config: CapDecConfig):
+        super().__init__()
+        self.prefix_length = config.prefix_length
+        self.hidden_size = config.decoder_hidden_size
+        width = self.hidden_size * self.prefix_length
+        self.model = nn.Sequential(
+            nn.Linear(config.clip_projection_dim, width // 2),
+            nn.Tanh(),
+            nn.Linear(width // 2, width),
+        )
+
+    def forward(self, clip_embeds: torch.Tensor) -> torch.Tensor:
+        return self.model(clip_embeds).view(-1, self.prefix_length, self.hidden_size)
+
+
+class CapDecMapperAttention(nn.Module):
+    """Multi-head self-attention of the paper's mapper: bias-free queries and fused keys/values."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.to_queries = nn.Linear(hidden_size, hidden_size, bias=False)
+        # One projection for keys and values; its output is laid out as (2, heads, head_dim).
+        self.to_keys_values = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
+        self.project = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch, length, width = hidden_states.shape
+        queries = self.to_queries(hidden_states).view(batch, length, self.num_heads, self.head_dim)
+        keys_values = self.to_keys_values(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim)
+        keys, values = keys_values.unbind(dim=2)
+        # SDPA's default scale is head_dim ** -0.5, the paper's; no mask: the mapper sees all positions.
+        attended = F.scaled_dot_product_attention(
+            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        )
+        return self.project(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+class CapDecMapperMLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(hidden_states)))
+
+
+class CapDecMapperLayer(nn.Module):
+    """A pre-LayerNorm transformer block (no dropout, as in the paper's mapper)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size)
+        self.attn = CapDecMapperAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size)
+        self.mlp = CapDecMapperMLP(hidden_size, int(hidden_size * mlp_ratio))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = hidden_states + self.attn(self.norm1(hidden_states))
+        return hidden_states + self.mlp(self.norm2(hidden_states))
+
+
+class CapDecMapperTransformer(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, mlp_ratio: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [CapDecMapperLayer(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)]
+        )
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = torch.utils.checkpoint.checkpoint(layer, hidden_states, use_reentrant=False)
+            else:
+                hidden_states = layer(hidden_states)
+        return hidden_states
+
+
+class CapDecTransformerMapper(nn.Module):
+    """The paper's transformer mapping network.
+
+    The CLIP embedding is projected to `clip_length` vectors, a learned constant of `prefix_length` vectors is
+    appended, both pass through the blocks (no positional embedding), and the last `prefix_length` outputs are
+    the prefix.
+    """
+
+    def __init__(self, config: CapDecConfig):
+        super().__init__()
+        hidden_size = config.decoder_hidden_size
+        self.clip_length = config.clip_length
+        self.hidden_size = hidden_size
+        self.linear = nn.Linear(config.clip_projection_dim, config.clip_length * hidden_size)
+        self.prefix_const = nn.Parameter(torch.randn(config.prefix_length, hidden_size))
+        self.transformer = CapDecMapperTransformer(
+            hidden_size, config.num_mapping_heads, config.num_mapping_layers, config.mapping_mlp_ratio
+        )
+
+    def forward(self, clip_embeds: torch.Tensor) -> torch.Tensor:
+        clip_tokens = self.linear(clip_embeds).view(-1, self.clip_length, self.hidden_size)
+        prefix_const = self.prefix_const.unsqueeze(0).expand(clip_tokens.shape[0], -1, -1)
+        hidden_states = self.transformer(torch.cat([clip_tokens, prefix_const], dim=1))
+        return hidden_states[:, self.clip_length :]
+
+
+class CapDecPreTrainedModel(PreTrainedModel):
+    config: CapDecConfig
+    _auto_class = "AutoModelForImageTextToText"  # saving copies the code files (as register_for_auto_class)
+    base_model_prefix = "capdec"
+    main_input_name = "input_ids"  # generate's `inputs_embeds` path relies on it
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+    _no_split_modules = ["CapDecMapperLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # The paper's mapper keeps PyTorch's defaults: kaiming-uniform Linear weights, N(0, 1) prefix_const.
+        if isinstance(module, nn.Linear):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.weight.shape[1])
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, CapDecTransformerMapper):
+            init.normal_(module.prefix_const, mean=0.0, std=1.0)
+
+
+class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
+    r"""
+    CapDec captioner: a frozen CLIP embeds an image (or, in training, a caption), the mapping network turns the
+    normalised embedding into `prefix_length` decoder input vectors, and the causal LM continues from them.
+
+    CLIP is frozen and kept in eval mode at all times, also after `from_pretrained`. With
+    `config.train_decoder=False` the decoder is frozen too (the paper's `only_prefix`).
+
+    Example:
+
+    ```python
+    >>> from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+    >>> model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
+    ...     "openai/clip-vit-base-patch32", "gpt2", mapping_type="transformer")
+    >>> processor = CapDecProcessor.from_clip_decoder_pretrained("openai/clip-vit-base-patch32", "gpt2")
+    >>> # train text-only (train_capdec.py), then:
+    >>> from PIL import Image
+    >>> inputs = processor(images=[Image.open("dog.jpg")], return_tensors="pt")
+    >>> processor.batch_decode(model.generate(**inputs, max_new_tokens=20, num_beams=5))
+    ['a dog running on the beach']
+    ```
+    """
+
+    def __init__(
+        self,
+        config: CapDecConfig,
+        clip: PreTrainedModel | None = None,
+        decoder: PreTrainedModel | None = None,
+    ):
+        super().__init__(config)
+        self.clip = clip if clip is not None else AutoModel.from_config(config.clip_config)
+        self.decoder = decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
+        # Keep one source of truth for the part configs (as VisionEncoderDecoderModel does).
+        self.config.clip_config = self.clip.config
+        self.config.text_config = self.decoder.config
+        if config.mapping_type == "mlp":
+            self.clip_project = CapDecMLPMapper(config)
+        else:
+            self.clip_project = CapDecTransformerMapper(config)
+        # Our labels are already aligned with the prefix: every label != -100 is a prediction target. With
+        # the "ForConditionalGeneration" loss type Trainer would count over labels[..., 1:] and over-scale.
+        self.loss_type = None
+        if self.generation_config.pad_token_id is None and self.generation_config.eos_token_id is not None:
+            eos = self.generation_config.eos_token_id
+            self.generation_config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        self.post_init()
+        self.freeze_frozen_parts()
+
+    # -- freezing --------------------------------------------------------------------------------------
+    def freeze_frozen_parts(self) -> None:
+        """Freeze CLIP (always) and the decoder (when `config.train_decoder` is False); set their modes."""
+        self.clip.requires_grad_(False)
+        if not self.config.train_decoder:
+            self.decoder.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clip.eval()  # frozen CLIP: no dropout, whatever the outer mode
+        if not self.config.train_decoder:
+            self.decoder.eval()
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # from_pretrained recreates parameters with requires_grad=True: freeze again after loading.
+        model = super().from_pretrained(*args, **kwargs)
+        if isinstance(model, tuple):  # output_loading_info=True
+            model[0].freeze_frozen_parts()
+        else:
+            model.freeze_frozen_parts()
+        return model
+
+    @classmethod
+    def from_clip_decoder_pretrained(
+        cls,
+        clip_pretrained_model_name_or_path: str,
+        decoder_pretrained_model_name_or_path: str,
+        **kwargs,
+    ) -> "CapDecForConditionalGeneration":
+        """Compose a CapDec model from a pretrained CLIP and a pretrained causal LM (Hub names or local dirs).
+
+        Keyword arguments are routed like `VisionEncoderDecoderModel.from_encoder_decoder_pretrained`:
+        `clip_*` go to the CLIP's `from_pretrained` (prefix removed), `decoder_*` to the decoder's,
+        loading options such as `dtype`, `attn_implementation`, `cache_dir`, `local_files_only` to both,
+        and everything else (`mapping_type`, `prefix_length`, `clip_length`, `noise_variance`, ...) to
+        [`CapDecConfig`]. The mapping network starts from random weights.
+
+        Example:
+
+        ```python
+        >>> model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
+        ...     "openai/clip-vit-base-patch32", "gpt2", mapping_type="mlp", prefix_length=10)
+        ```
+        """
+        config_fields = set(CapDecConfig.__dataclass_fields__)
+        clip_kwargs, decoder_kwargs, config_kwargs = {}, {}, {}
+        for key, value in kwargs.items():
+            if key in config_fields:
+                config_kwargs[key] = value
+            elif key.startswith("clip_"):
+                clip_kwargs[key[len("clip_") :]] = value
+            elif key.startswith("decoder_"):
+                decoder_kwargs[key[len("decoder_") :]] = value
+            elif key in _SHARED_LOADING_KWARGS:
+                clip_kwargs.setdefault(key, value)
+                decoder_kwargs.setdefault(key, value)
+            else:
+                config_kwargs[key] = value
+        clip = AutoModel.from_pretrained(clip_pretrained_model_name_or_path, **clip_kwargs)
+        if not (hasattr(clip, "get_image_features") and hasattr(clip, "get_text_features")):
+            raise ValueError(
+                f"{clip_pretrained_model_name_or_path!r} loads as {type(clip).__name__}, which has no "
+                "get_image_features/get_text_features: CapDec needs a CLIP-like dual encoder."
+            )
+        decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **decoder_kwargs)
+        config = CapDecConfig.from_clip_decoder_configs(clip.config, decoder.config, **config_kwargs)
+        model = cls(config, clip=clip, decoder=decoder)
+        # The new mapper is built in float32; follow the parts' dtype.
+        model.clip_project.to(dtype=decoder.dtype)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save a Hub-ready folder: safetensors weights, a config with `auto_map` (AutoConfig, AutoModel,
+        AutoModelForImageTextToText, AutoProcessor) and `custom_pipelines` (image-to-text), and the code files,
+        so `pipeline("image-to-text", model=folder, trust_remote_code=True)` works without this package.
+        Save the processor into the same folder (`processor.save_pretrained(folder)`)."""
+        from transformers.dynamic_module_utils import custom_object_save
+
+        from .pipeline_capdec import CapDecImageToTextPipeline
+
+        self.config.auto_map = dict(HUB_AUTO_MAP)
+        self.config.custom_pipelines = copy.deepcopy(HUB_CUSTOM_PIPELINES)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # Copies pipeline_capdec.py and what it imports (processing_capdec.py) beside the model code.
+        custom_object_save(CapDecImageToTextPipeline, save_directory)
+        return result
+
+    # -- embeddings ------------------------------------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.decoder.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.decoder.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.decoder.get_output_embeddings()
+
+    def _maybe_normalize(self, embeds: torch.Tensor, normalize: bool | None) -> torch.Tensor:
+        normalize = self.config.normalize_prefix if normalize is None else normalize
+        return F.normalize(embeds, dim=-1) if normalize else embeds
+
+    @staticmethod
+    def _features(output) -> torch.Tensor:
+        # transformers 5 returns an output object (features in pooler_output); older CLIP-likes a tensor.
+        return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+    @torch.no_grad()
+    def get_image_embeds(self, pixel_values: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
+        """CLIP image embeddings `(batch, clip_projection_dim)`, L2-normalised (unless `normalize=False`,
+        or the config's `normalize_prefix` is False)."""
+        pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
+        return self._maybe_normalize(self._features(self.clip.get_image_features(pixel_values=pixel_values)), normalize)
+
+    @torch.no_grad()
+    def get_text_embeds(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool | None = None
+    ) -> torch.Tensor:
+        """CLIP text embeddings `(batch, clip_projection_dim)` of CLIP-tokenised captions, L2-normalised
+        (unless `normalize=False`, or the config's `normalize_prefix` is False)."""
+        features = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        return self._maybe_normalize(self._features(features), normalize)
+
+    def get_prefix_embeds(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        clip_input_ids: torch.Tensor | None = None,
+        clip_attention_mask: torch.Tensor | None = None,
+        clip_embeds: torch.Tensor | None = None,
+        inject_noise: bool = False,
+        noise_generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Map one CLIP input per example to the decoder prefix `(batch, prefix_length, hidden)`.
+
+        Exactly one of `pixel_values`, `clip_input_ids` or precomputed `clip_embeds` is used. With
+        `inject_noise=True` the config's noise (`noise_variance`, `noise_type`, `modality_offset`) is added
+        to the normalised embedding, as in training; it is never added otherwise.
+        """
+        given = [name for name, value in (("pixel_values", pixel_values), ("clip_input_ids", clip_input_ids),
+                                          ("clip_embeds", clip_embeds)) if value is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "Pass exactly one of pixel_values, clip_input_ids or clip_embeds to build the CLIP prefix; got "
+                + (", ".join(given) if given else "none")
+                + "."
+            )
+        if pixel_values is not None:
+            clip_embeds = self.get_image_embeds(pixel_values)
+        elif clip_input_ids is not None:
+            clip_embeds = self.get_text_embeds(clip_input_ids, clip_attention_mask)
+        else:
+            expected = self.config.clip_projection_dim
+            if clip_embeds.dim() != 2 or clip_embeds.shape[-1] != expected:
+                raise ValueError(
+                    f"clip_embeds must have shape (batch, {expected}), got {tuple(clip_embeds.shape)}."
+                )
+            clip_embeds = self._maybe_normalize(clip_embeds, None)
+        if inject_noise:
+            clip_embeds = noise_embeddings(
+                clip_embeds,
+                self.config.noise_variance,
+                self.config.noise_type,
+                self.config.modality_offset,
+                generator=noise_generator,
+            )
+        mapper_weight = next(self.clip_project.parameters())
+        return self.clip_project(clip_embeds.to(device=mapper_weight.device, dtype=mapper_weight.dtype))
+
+    # -- forward ---------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        clip_input_ids: torch.LongTensor | None = None,
+        clip_attention_mask: torch.Tensor | None = None,
+        clip_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        position_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        inject_noise: bool = False,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CapDecOutput:
+        r"""
+        Args:
+            input_ids (`(batch, seq_len)`): caption tokens in the decoder's vocabulary (without the prefix).
+            attention_mask (`(batch, seq_len)`): mask of `input_ids`; the prefix is always attended.
+            pixel_values (`(batch, 3, H, W)`), clip_input_ids + clip_attention_mask (`(batch, clip_len)`), or
+                clip_embeds (`(batch, clip_projection_dim)`): the CLIP input that builds the prefix. Without any,
+                the call is a plain decoder step (as in generation after the first step).
+            labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
+                caption tokens only, never the prefix.
+            inject_noise (`bool`): add the config's training noise to the CLIP embedding (text-only training
+                from `clip_input_ids`). Data collators that noise precomputed `clip_embeds` leave it False.
+            num_items_in_batch (in `kwargs`): passed by Trainer under gradient accumulation: the loss is then
+                the token sum divided by it.
+
+        Example:
+
+        ```python
+        >>> out = model(clip_input_ids=clip_ids, clip_attention_mask=clip_mask, input_ids=ids, labels=labels,
+        ...             inject_noise=True)
+        >>> out.loss.backward()
+        ```
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("return_dict", None)  # outputs are always ModelOutput objects
+        has_clip_input = any(x is not None for x in (pixel_values, clip_input_ids, clip_embeds))
+        if not has_clip_input:
+            # A plain decoder step: generation after the prefix, or a caller that built inputs_embeds itself.
+            if labels is not None:
+                raise ValueError("labels need a CLIP input (pixel_values, clip_input_ids or clip_embeds).")
+            outputs = self.decoder(
+                input_ids=input_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+            return CapDecOutput(
+                logits=outputs.logits,
+                cache=outputs.get("cache"),
+                hidden_states=outputs.get("hidden_states"),
+                attentions=outputs.get("attentions"),
+            )
+
+        prefix_embeds = self.get_prefix_embeds(
+            pixel_values=pixel_values,
+            clip_input_ids=clip_input_ids,
+            clip_attention_mask=clip_attention_mask,
+            clip_embeds=clip_embeds,
+            inject_noise=inject_noise,
+        )
+        batch, prefix_length, _ = prefix_embeds.shape
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("Pass input_ids or inputs_embeds for the caption, not both.")
+        if input_ids is not None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if inputs_embeds is None:
+            inputs_embeds = prefix_embeds.new_zeros(batch, 0, prefix_embeds.shape[-1])
+        seq_len = inputs_embeds.shape[1]
+        decoder_embeds = torch.cat([prefix_embeds, inputs_embeds.to(prefix_embeds.dtype)], dim=1)
+        prefix_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=decoder_embeds.device)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=decoder_embeds.device)
+        decoder_mask = torch.cat([prefix_mask, attention_mask.to(prefix_mask)], dim=1)
+
+        if labels is not None:
+            if labels.shape != (batch, seq_len):
+                raise ValueError(
+                    f"labels must have the caption's shape {(batch, seq_len)}, got {tuple(labels.shape)}."
+                )
+            # Position prefix_length - 1 + i predicts caption token i: project only those seq_len positions
+            # (plus the last, dropped) to the vocabulary, never the prefix.
+            logits_to_keep = seq_len + 1
+        outputs = self.decoder(
+            inputs_embeds=decoder_embeds,
+            attention_mask=decoder_mask,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+        logits = outputs.logits
+        loss = None
+        if labels is not None:
+            logits = logits[:, :-1]
+            token_losses = F.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels.reshape(-1).to(logits.device),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            if num_items_in_batch is None:
+                num_items_in_batch = (labels != -100).sum().clamp(min=1)
+            if isinstance(num_items_in_batch, torch.Tensor):
+                num_items_in_batch = num_items_in_batch.to(token_losses.device)
+            loss = token_losses / num_items_in_batch
+        return CapDecOutput(
+            loss=loss,
+            logits=logits,
+            cache=outputs.get("cache"),
+            prefix_embeds=prefix_embeds,
+            hidden_states=outputs.get("hidden_states"),
+            attentions=outputs.get("attentions"),
+        )
+
+    # -- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        clip_input_ids: torch.LongTensor | None = None,
+        clip_attention_mask: torch.Tensor | None = None,
+        clip_embeds: torch.FloatTensor | None = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """Caption a batch from images (or CLIP text / precomputed embeddings), with any decoding strategy
+        of `GenerationMixin.generate` (greedy, beam search, sampling; the KV cache is always used).
+
+        Returns `(batch, new_tokens)` caption token ids, padded with the pad (= eos) token. With a text
+        prompt (`input_ids`, `attention_mask`, left-padded) the prompt continues after the prefix and its
+        tokens are returned in front of the new ones, as for any decoder-only model.
+
+        Example:
+
+        ```python
+        >>> inputs = processor(images=images, return_tensors="pt")
+        >>> ids = model.generate(**inputs, num_beams=5, max_new_tokens=20)
+        >>> processor.batch_decode(ids)
+        ```
+        """
+        for key in ("inputs_embeds", "prefix_embeds"):
+            if key in generate_kwargs:
+                raise ValueError(f"generate builds {key} itself; pass pixel_values, clip_input_ids or clip_embeds.")
+        generate_kwargs.pop("token_type_ids", None)
+        prefix_embeds = self.get_prefix_embeds(
+            pixel_values=pixel_values,
+            clip_input_ids=clip_input_ids,
+            clip_attention_mask=clip_attention_mask,
+            clip_embeds=clip_embeds,
+        )
+        batch, prefix_length, _ = prefix_embeds.shape
+        inputs_embeds = prefix_embeds
+        decoder_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=prefix_embeds.device)
+        has_prompt = input_ids is not None and input_ids.shape[-1] > 0
+        if has_prompt:
+            input_ids = input_ids.to(prefix_embeds.device)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            prompt_embeds = self.get_input_embeddings()(input_ids).to(prefix_embeds.dtype)
+            inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
+            decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
+        # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
+        new_tokens = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
+        if has_prompt and isinstance(new_tokens, torch.Tensor):
+            repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
+            return torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)
+        return new_tokens
+
+
+__all__ = ["CapDecForConditionalGeneration", "CapDecPreTrainedModel", "CapDecOutput"]

@@ -1,0 +1,211 @@
+"""CapDecProcessor: CLIP image processor + decoder tokenizer + CLIP tokenizer, and robust image loading."""
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+
+class ImageLoadError(ValueError):
+    """An image in a batch could not be read; the message names its index and source."""
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return repr(str(source))
+    if isinstance(source, bytes):
+        return f"<{len(source)} bytes>"
+    return f"<{type(source).__name__}>"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB: grayscale, 16/32-bit and float grayscale (rescaled, not clipped),
+    palette and alpha images (composited on white), CMYK, and EXIF-rotated photos."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # PIL's convert("RGB") clips values above 255 to white: rescale the range to 8 bits instead.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        image = Image.fromarray(((array - low) * scale).round().astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> Image.Image:
+    """Load one image as RGB from a path, URL, bytes, numpy array or PIL image.
+
+    Raises `ImageLoadError` naming the batch `index` and the source when the file is missing, truncated or
+    not an image, or the URL cannot be fetched.
+
+    Example:
+
+    ```python
+    >>> from modeling_capdec.processing_capdec import load_image
+    >>> load_image("cat.png").mode
+    'RGB'
+    ```
+    """
+    where = f"image {index} ({_describe(source)})" if index is not None else f"image {_describe(source)}"
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        elif isinstance(source, np.ndarray):
+            image = Image.fromarray(source)
+        elif isinstance(source, bytes):
+            image = Image.open(io.BytesIO(source))
+        elif isinstance(source, (str, os.PathLike)):
+            text = str(source)
+            if text.startswith(("http://", "https://")):
+                import requests
+
+                response = requests.get(text, timeout=timeout)
+                response.raise_for_status()
+                image = Image.open(io.BytesIO(response.content))
+            else:
+                if not os.path.exists(text):
+                    raise ImageLoadError(f"Cannot load {where}: no such file.")
+                image = Image.open(text)
+        else:
+            raise ImageLoadError(
+                f"Cannot load {where}: expected a path, URL, bytes, numpy array or PIL image, "
+                f"got {type(source).__name__}."
+            )
+        image.load()  # decode now, so a truncated file fails here with its index
+        return to_rgb(image)
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageLoadError(f"Cannot load {where}: {type(error).__name__}: {error}") from error
+    except Exception as error:  # network errors from requests and the like
+        raise ImageLoadError(f"Cannot load {where}: {type(error).__name__}: {error}") from error
+
+
+def load_images(sources: Any) -> list[Image.Image]:
+    """Load a batch (or one image) as RGB, reporting a bad entry by its index."""
+    if isinstance(sources, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
+        sources = [sources]
+    return [load_image(source, index) for index, source in enumerate(sources)]
+
+
+class CapDecProcessor(ProcessorMixin):
+    r"""
+    Joins a CLIP image processor, the decoder's tokenizer and the CLIP tokenizer.
+
+    - `images=` → `pixel_values` for captioning (any PIL mode, paths or URLs; converted to RGB).
+    - `text=` → `input_ids`, `attention_mask` in the decoder vocabulary (captions for training with
+      `add_eos=True`, or a prompt to continue).
+    - `clip_text=` → `clip_input_ids`, `clip_attention_mask` (the CLIP text input of text-only training).
+
+    Example:
+
+    ```python
+    >>> from modeling_capdec import CapDecProcessor
+    >>> processor = CapDecProcessor.from_clip_decoder_pretrained("openai/clip-vit-base-patch32", "gpt2")
+    >>> batch = processor(images=["a.jpg", "b.png"], return_tensors="pt")
+    >>> batch["pixel_values"].shape
+    torch.Size([2, 3, 224, 224])
+    >>> processor.batch_decode(model.generate(**batch))
+    ```
+    """
+
+    _auto_class = "AutoProcessor"  # saving copies this file and writes auto_map (as register_for_auto_class)
+
+    def __init__(self, image_processor=None, tokenizer=None, clip_tokenizer=None, **kwargs):
+        if tokenizer is not None and tokenizer.pad_token is None:
+            # Decoder-only LMs (GPT-2) have no pad token; batches pad with eos, masked out.
+            tokenizer.pad_token = tokenizer.eos_token
+        super().__init__(image_processor, tokenizer, clip_tokenizer, **kwargs)
+
+    @classmethod
+    def from_clip_decoder_pretrained(
+        cls, clip_pretrained_model_name_or_path: str, decoder_pretrained_model_name_or_path: str, **kwargs
+    ) -> "CapDecProcessor":
+        """Build the processor from a CLIP checkpoint (image processor + tokenizer) and a decoder checkpoint
+        (tokenizer), Hub names or local dirs. `kwargs` go to every `from_pretrained`."""
+        return cls(
+            image_processor=AutoImageProcessor.from_pretrained(clip_pretrained_model_name_or_path, **kwargs),
+            tokenizer=AutoTokenizer.from_pretrained(decoder_pretrained_model_name_or_path, **kwargs),
+            clip_tokenizer=AutoTokenizer.from_pretrained(clip_pretrained_model_name_or_path, **kwargs),
+        )
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | Sequence[str] | None = None,
+        clip_text: str | Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+        add_eos: bool = False,
+        padding: bool | str = True,
+        **kwargs,
+    ) -> BatchFeature:
+        """Process images, decoder text and/or CLIP text into one `BatchFeature`.
+
+        Args:
+            images: one image or a list (PIL images, paths, URLs, bytes or arrays).
+            text: decoder-side text (a prompt, or training captions with `add_eos=True`).
+            clip_text: captions for the CLIP text encoder; truncated to CLIP's context length.
+            return_tensors: "pt" (default), "np" or None.
+            add_eos: append the decoder's eos token to each `text` (training targets end with it, so the
+                model learns where to stop).
+        """
+        if images is None and text is None and clip_text is None:
+            raise ValueError("CapDecProcessor needs images=, text= or clip_text=.")
+        data: dict[str, Any] = {}
+        if images is not None:
+            data.update(self.image_processor(load_images(images), return_tensors=return_tensors))
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            if add_eos:
+                texts = [t + self.tokenizer.eos_token for t in texts]
+            encoded = self.tokenizer(texts, padding=padding, return_tensors=return_tensors, **kwargs)
+            data["input_ids"] = encoded["input_ids"]
+            data["attention_mask"] = encoded["attention_mask"]
+        if clip_text is not None:
+            clip_texts = [clip_text] if isinstance(clip_text, str) else list(clip_text)
+            encoded = self.clip_tokenizer(
+                clip_texts,
+                padding=padding,
+                truncation=True,
+                max_length=self.clip_max_length,
+                return_tensors=return_tensors,
+            )
+            data["clip_input_ids"] = encoded["input_ids"]
+            data["clip_attention_mask"] = encoded["attention_mask"]
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    @property
+    def clip_max_length(self) -> int:
+        """CLIP's text context length (77 for OpenAI CLIP)."""
+        length = self.clip_tokenizer.model_max_length
+        return length if length and length < 10_000 else 77
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+        """Decode generated caption ids to clean strings (special and pad tokens removed, stripped)."""
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)
+        return [" ".join(t.split()) for t in texts]
+
+    def decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> str:
+        return " ".join(self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens, **kwargs).split())
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """Used by the `image-text-to-text` pipeline."""
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["pixel_values", "input_ids", "attention_mask", "clip_input_ids", "clip_attention_mask"]
+
+
+__all__ = ["CapDecProcessor", "ImageLoadError", "load_image", "load_images", "to_rgb"]

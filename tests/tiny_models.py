@@ -1,0 +1,140 @@
+"""Tiny random CLIP / GPT-2 / tokenizers built offline in about a second, for tests and quick checks."""
+
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPConfig, CLIPTokenizer, GPT2Config, GPT2Tokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from modeling_capdec import CapDecConfig, CapDecForConditionalGeneration, CapDecProcessor
+
+CAPTIONS = [
+    "a dog running on the beach",
+    "a cat sleeping on a red sofa",
+    "two people riding horses in a field",
+    "a man holding a surfboard near the ocean",
+    "a plate of food with broccoli and rice",
+    "a small boat on a calm lake",
+    "a woman playing tennis on a court",
+    "a bus parked on the side of a street",
+    "a group of children playing soccer",
+    "a bowl of fruit on a wooden table",
+] * 3
+
+IMAGE_SIZE = 32
+
+
+def _train_bpe(texts: list[str], vocab_size: int, special: list[str], end_of_word_suffix: str | None = None):
+    if end_of_word_suffix is None:  # GPT-2 style: byte-level
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()}
+    else:  # CLIP style: words end with "</w>"
+        tokenizer = Tokenizer(models.BPE(end_of_word_suffix=end_of_word_suffix))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        extra = {"end_of_word_suffix": end_of_word_suffix}
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False, **extra)
+    tokenizer.train_from_iterator(texts, trainer)
+    model = tokenizer.model
+    vocab = tokenizer.get_vocab()
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in _merges(model)]
+    return vocab, merges
+
+
+def _merges(model) -> list:
+    import json
+
+    return json.loads(model.__getstate__())["merges"]
+
+
+def tiny_tokenizers(texts: list[str] = CAPTIONS) -> tuple[GPT2Tokenizer, CLIPTokenizer]:
+    vocab, merges = _train_bpe(texts, 300, ["<|endoftext|>"])
+    decoder_tokenizer = GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+    )
+    clip_vocab, clip_merges = _train_bpe(
+        [t.lower() for t in texts], 300, ["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
+    )
+    clip_tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges)
+    clip_tokenizer.model_max_length = 32
+    return decoder_tokenizer, clip_tokenizer
+
+
+def tiny_clip_config(vocab_size: int = 300) -> CLIPConfig:
+    return CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            eos_token_id=1,
+            bos_token_id=0,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
+        projection_dim=16,
+    )
+
+
+def tiny_gpt2_config(vocab_size: int = 300, eos_token_id: int = 0) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+    )
+
+
+def tiny_processor() -> CapDecProcessor:
+    decoder_tokenizer, clip_tokenizer = tiny_tokenizers()
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    return CapDecProcessor(
+        image_processor=image_processor, tokenizer=decoder_tokenizer, clip_tokenizer=clip_tokenizer
+    )
+
+
+def tiny_model(
+    processor: CapDecProcessor | None = None,
+    mapping_type: str = "transformer",
+    seed: int = 0,
+    **config_kwargs,
+) -> CapDecForConditionalGeneration:
+    import torch
+
+    processor = processor or tiny_processor()
+    clip_tok = processor.clip_tokenizer
+    clip_config = tiny_clip_config(len(clip_tok))
+    clip_config.text_config.eos_token_id = clip_tok.eos_token_id
+    clip_config.text_config.bos_token_id = clip_tok.bos_token_id
+    clip_config.text_config.pad_token_id = clip_tok.pad_token_id
+    eos = processor.tokenizer.eos_token_id
+    config = CapDecConfig(
+        clip_config=clip_config,
+        text_config=tiny_gpt2_config(len(processor.tokenizer), eos),
+        mapping_type=mapping_type,
+        **{
+            "prefix_length": 4,
+            "clip_length": 4,
+            "num_mapping_layers": 2,
+            "num_mapping_heads": 4,
+            **config_kwargs,
+        },
+    )
+    torch.manual_seed(seed)
+    return CapDecForConditionalGeneration(config).eval()
