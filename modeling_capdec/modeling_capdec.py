@@ -85,6 +85,28 @@ class CapDecOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+def _describe_loading_problems(loading_info: dict) -> list[str]:
+    def _shown(keys) -> str:
+        keys = sorted(str(k) for k in keys)
+        return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+    problems = []
+    mismatched = loading_info.get("mismatched_keys") or []
+    for entry in list(mismatched)[:8]:
+        if isinstance(entry, (tuple, list)) and len(entry) == 3:
+            key, checkpoint_shape, model_shape = entry
+            problems.append(
+                f"- {key}: shape {tuple(checkpoint_shape)} in the checkpoint, {tuple(model_shape)} from the config"
+            )
+        else:
+            problems.append(f"- shape mismatch: {entry}")
+    if loading_info.get("missing_keys"):
+        problems.append(f"- missing from the checkpoint: {_shown(loading_info['missing_keys'])}")
+    if loading_info.get("unexpected_keys"):
+        problems.append(f"- in the checkpoint but not in the model: {_shown(loading_info['unexpected_keys'])}")
+    return problems
+
+
 class CapDecMLPMapper(nn.Module):
     """ClipCap/CapDec MLP mapping: Linear(d, h*p/2) -> Tanh -> Linear(h*p/2, h*p), reshaped to p vectors."""
 
@@ -289,13 +311,26 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # from_pretrained recreates parameters with requires_grad=True: freeze again after loading.
-        model = super().from_pretrained(*args, **kwargs)
-        if isinstance(model, tuple):  # output_loading_info=True
-            model[0].freeze_frozen_parts()
-        else:
-            model.freeze_frozen_parts()
-        return model
+        """`PreTrainedModel.from_pretrained`, plus two CapDec guarantees: CLIP (and, with `train_decoder=False`,
+        the decoder) is frozen again after loading, and a checkpoint whose config disagrees with its weights
+        (missing, unexpected or differently shaped tensors) raises a `ValueError` that names them, instead of
+        silently re-initialising part of the model. Pass `ignore_mismatched_sizes=True` to only warn."""
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        tolerate = kwargs.get("ignore_mismatched_sizes", False)
+        kwargs["ignore_mismatched_sizes"] = True  # report mismatches ourselves, by name
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = _describe_loading_problems(loading_info)
+        if problems:
+            message = (
+                f"The checkpoint's weights do not match its config ({type(model).__name__}, "
+                f"mapping_type={model.config.mapping_type!r}, prefix_length={model.config.prefix_length}):\n"
+                + "\n".join(problems)
+            )
+            if not tolerate:
+                raise ValueError(message)
+            logger.warning(message)
+        model.freeze_frozen_parts()  # from_pretrained recreates parameters with requires_grad=True
+        return (model, loading_info) if output_loading_info else model
 
     @classmethod
     def from_clip_decoder_pretrained(
