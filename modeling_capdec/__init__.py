@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from .configuration_capdec import CapDecConfig
 from .modeling_capdec import CapDecForConditionalGeneration, CapDecOutput, CapDecPreTrainedModel
 from .noise_capdec import inject_noise
+from .pipeline_capdec import CapDecImageToTextPipeline
 from .processing_capdec import CapDecProcessor, ImageLoadError, load_image, load_images
 
 AutoConfig.register(CapDecConfig.model_type, CapDecConfig, exist_ok=True)
@@ -19,6 +20,7 @@ AutoProcessor.register(CapDecConfig, CapDecProcessor, exist_ok=True)
 __all__ = [
     "CapDecConfig",
     "CapDecForConditionalGeneration",
+    "CapDecImageToTextPipeline",
     "CapDecOutput",
     "CapDecPreTrainedModel",
     "CapDecProcessor",

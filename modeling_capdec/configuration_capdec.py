@@ -1,6 +1,5 @@
 """Configuration of CapDec: a frozen CLIP, a mapping network and a causal-LM decoder."""
 
-
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict

@@ -103,7 +103,9 @@ def _describe_loading_problems(loading_info: dict) -> list[str]:
     if loading_info.get("missing_keys"):
         problems.append(f"- missing from the checkpoint: {_shown(loading_info['missing_keys'])}")
     if loading_info.get("unexpected_keys"):
-        problems.append(f"- in the checkpoint but not in the model: {_shown(loading_info['unexpected_keys'])}")
+        problems.append(
+            f"- in the checkpoint but not in the model: {_shown(loading_info['unexpected_keys'])}"
+        )
     return problems
 
 
@@ -277,7 +279,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
     ):
         super().__init__(config)
         self.clip = clip if clip is not None else AutoModel.from_config(config.clip_config)
-        self.decoder = decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
+        self.decoder = (
+            decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
+        )
         # Keep one source of truth for the part configs (as VisionEncoderDecoderModel does).
         self.config.clip_config = self.clip.config
         self.config.text_config = self.decoder.config
@@ -374,7 +378,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 f"{clip_pretrained_model_name_or_path!r} loads as {type(clip).__name__}, which has no "
                 "get_image_features/get_text_features: CapDec needs a CLIP-like dual encoder."
             )
-        decoder = AutoModelForCausalLM.from_pretrained(decoder_pretrained_model_name_or_path, **decoder_kwargs)
+        decoder = AutoModelForCausalLM.from_pretrained(
+            decoder_pretrained_model_name_or_path, **decoder_kwargs
+        )
         config = CapDecConfig.from_clip_decoder_configs(clip.config, decoder.config, **config_kwargs)
         model = cls(config, clip=clip, decoder=decoder)
         # The new mapper is built in float32; follow the parts' dtype.
@@ -421,11 +427,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         """CLIP image embeddings `(batch, clip_projection_dim)`, L2-normalised (unless `normalize=False`,
         or the config's `normalize_prefix` is False)."""
         pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
-        return self._maybe_normalize(self._features(self.clip.get_image_features(pixel_values=pixel_values)), normalize)
+        return self._maybe_normalize(
+            self._features(self.clip.get_image_features(pixel_values=pixel_values)), normalize
+        )
 
     @torch.no_grad()
     def get_text_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, normalize: bool | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        normalize: bool | None = None,
     ) -> torch.Tensor:
         """CLIP text embeddings `(batch, clip_projection_dim)` of CLIP-tokenised captions, L2-normalised
         (unless `normalize=False`, or the config's `normalize_prefix` is False)."""
@@ -447,8 +458,15 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         `inject_noise=True` the config's noise (`noise_variance`, `noise_type`, `modality_offset`) is added
         to the normalised embedding, as in training; it is never added otherwise.
         """
-        given = [name for name, value in (("pixel_values", pixel_values), ("clip_input_ids", clip_input_ids),
-                                          ("clip_embeds", clip_embeds)) if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("pixel_values", pixel_values),
+                ("clip_input_ids", clip_input_ids),
+                ("clip_embeds", clip_embeds),
+            )
+            if value is not None
+        ]
         if len(given) != 1:
             raise ValueError(
                 "Pass exactly one of pixel_values, clip_input_ids or clip_embeds to build the CLIP prefix; got "
@@ -631,7 +649,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         """
         for key in ("inputs_embeds", "prefix_embeds"):
             if key in generate_kwargs:
-                raise ValueError(f"generate builds {key} itself; pass pixel_values, clip_input_ids or clip_embeds.")
+                raise ValueError(
+                    f"generate builds {key} itself; pass pixel_values, clip_input_ids or clip_embeds."
+                )
         generate_kwargs.pop("token_type_ids", None)
         prefix_embeds = self.get_prefix_embeds(
             pixel_values=pixel_values,
@@ -651,7 +671,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
             decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
         # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
-        new_tokens = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
+        new_tokens = super().generate(
+            inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs
+        )
         if has_prompt and isinstance(new_tokens, torch.Tensor):
             repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
             return torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)

@@ -26,9 +26,16 @@ def model(processor):
 
 @pytest.fixture(scope="session")
 def images() -> list[Image.Image]:
+    # Distinct flat colours and gradients (random noise images all embed alike under a random CLIP).
     rng = np.random.default_rng(0)
     sizes = [(40, 50), (32, 32), (64, 48), (37, 41)]
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    colours = [(230, 20, 20), (20, 200, 40), (30, 30, 220), (240, 240, 240)]
+    images = []
+    for index, ((h, w), colour) in enumerate(zip(sizes, colours, strict=True)):
+        ramp = np.linspace(0, 1, w)[None, :, None] if index % 2 else np.linspace(0, 1, h)[:, None, None]
+        array = np.asarray(colour)[None, None, :] * ramp + rng.normal(0, 4, (h, w, 3))
+        images.append(Image.fromarray(array.clip(0, 255).astype(np.uint8)))
+    return images
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,118 @@
+"""CapDecProcessor and image loading: RGB conversion, bad inputs named by index, round trips."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_capdec import CapDecProcessor, ImageLoadError, load_image, load_images
+
+
+def _mode_images() -> dict[str, Image.Image]:
+    rgb = np.zeros((20, 30, 3), dtype=np.uint8)
+    rgb[:, :15] = (200, 30, 30)
+    base = Image.fromarray(rgb)
+    rgba = base.convert("RGBA")
+    alpha = np.full((20, 30), 255, dtype=np.uint8)
+    alpha[:, 20:] = 0  # fully transparent part -> white
+    rgba.putalpha(Image.fromarray(alpha))
+    sixteen = Image.fromarray((np.linspace(0, 65535, 600).reshape(20, 30)).astype(np.uint16))
+    return {
+        "L": base.convert("L"),
+        "RGBA": rgba,
+        "CMYK": base.convert("CMYK"),
+        "P": base.convert("P"),
+        "I;16": sixteen,
+        "1": base.convert("1"),
+        "LA": base.convert("LA"),
+    }
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "1", "LA"])
+def test_every_mode_becomes_rgb(mode):
+    image = _mode_images()[mode]
+    converted = load_image(image)
+    assert converted.mode == "RGB" and converted.size == (30, 20)
+
+
+def test_conversions_keep_the_content():
+    images = _mode_images()
+    assert load_image(images["RGBA"]).getpixel((25, 5)) == (255, 255, 255)  # transparent -> white
+    assert load_image(images["RGBA"]).getpixel((5, 5)) == (200, 30, 30)
+    sixteen = np.asarray(load_image(images["I;16"]))[..., 0]
+    # 16-bit values are rescaled to 0..255, not clipped to white
+    assert sixteen.min() == 0 and sixteen.max() == 255 and len(np.unique(sixteen)) > 100
+    assert load_image(images["CMYK"]).getpixel((5, 5))[0] > 150
+
+
+def test_files_bytes_arrays_and_modes_are_processed(processor, tmp_path):
+    paths = []
+    for index, (mode, image) in enumerate(_mode_images().items()):
+        path = tmp_path / f"{index}.png" if mode != "CMYK" else tmp_path / f"{index}.jpg"
+        image.save(path)
+        paths.append(str(path))
+    batch = processor(images=paths + [np.zeros((10, 10, 3), dtype=np.uint8), open(paths[0], "rb").read()])
+    assert batch["pixel_values"].shape == (len(paths) + 2, 3, 32, 32)
+
+
+def test_bad_images_are_reported_by_index_and_source(tmp_path, images):
+    good = tmp_path / "good.png"
+    images[0].save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    cases = {
+        str(tmp_path / "missing.jpg"): "no such file",
+        str(truncated): "truncated.png",
+        str(text): "notes.txt",
+        "http://127.0.0.1:9/cat.png": "http://127.0.0.1:9/cat.png",
+        42: "int",
+    }
+    for source, detail in cases.items():
+        with pytest.raises(ImageLoadError, match=rf"image 2 .*{detail}") as error:
+            load_images([str(good), str(good), source])
+        assert "image 2" in str(error.value)
+
+
+def test_batch_error_in_processor_names_index(processor, images, tmp_path):
+    with pytest.raises(ImageLoadError, match=r"image 1 \('.*nope\.png'\): no such file"):
+        processor(images=[images[0], str(tmp_path / "nope.png")])
+
+
+def test_text_and_clip_text(processor):
+    batch = processor(text=["a dog", "a cat on a red sofa"], clip_text=["a dog", "a cat"], add_eos=True)
+    eos = processor.tokenizer.eos_token_id
+    assert set(batch) == {"input_ids", "attention_mask", "clip_input_ids", "clip_attention_mask"}
+    lengths = batch["attention_mask"].sum(1)
+    for row, length in zip(batch["input_ids"], lengths, strict=True):
+        assert row[length - 1].item() == eos  # captions end with eos: the model learns to stop
+    assert batch["clip_input_ids"].shape[1] <= processor.clip_max_length
+    with pytest.raises(ValueError, match="needs images=, text= or clip_text="):
+        processor()
+
+
+def test_batch_decode_strips_cleanly(processor):
+    eos = processor.tokenizer.eos_token_id
+    ids = processor.tokenizer(["a dog running on the beach"])["input_ids"][0]
+    padded = torch.tensor([ids + [eos, eos, eos]])
+    assert processor.batch_decode(padded) == ["a dog running on the beach"]
+
+
+def test_processor_round_trip(processor, tmp_path, images):
+    processor.save_pretrained(tmp_path)
+    loaded = CapDecProcessor.from_pretrained(tmp_path)
+    assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert loaded.clip_tokenizer.get_vocab() == processor.clip_tokenizer.get_vocab()
+    a = processor(images=images[:2], text=["a dog"], clip_text=["a dog"])
+    b = loaded(images=images[:2], text=["a dog"], clip_text=["a dog"])
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_load_image_from_bytes_io_buffer(images):
+    buffer = io.BytesIO()
+    images[1].save(buffer, format="PNG")
+    assert load_image(buffer.getvalue()).size == images[1].size
