@@ -76,8 +76,9 @@ def compute_caption_metrics(
 
     Rules for bad input (all raise before any Java starts, with a message naming the image):
         - a prediction for an image id without references, or an image without a prediction: `KeyError`;
-        - references for an image given as a string instead of a list, an empty list of references, or a
-          reference that is empty or only whitespace: `ValueError`;
+        - references for an image given as a string instead of a list, an empty list of references, a
+          reference that is empty or only whitespace, or one containing METEOR's separator `|||`: `ValueError`;
+        - a caption or reference that is not a string (e.g. `None`): `TypeError`;
         - lists of different lengths: `ValueError` with both lengths; a list with a dict: `TypeError`;
         - no `java` on PATH: `RuntimeError` saying how to install it.
 

@@ -1,0 +1,246 @@
+"""evaluate_capdec.py and its helpers: eval-set loading, batched captioning (with a fake model), COCO results.
+
+Only `test_predictions_mode_end_to_end` starts METEOR's JVM (~10-20 s); the rest pass `metrics=` without it.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from PIL import Image
+
+import evaluate_capdec
+import modeling_capdec
+from modeling_capdec.evaluation_capdec import (
+    CaptionEvalSet,
+    caption_images,
+    load_annotations,
+    load_caption_dataset,
+    read_coco_results,
+    write_coco_results,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = [
+    "a man riding a red motorcycle down a dirt road",
+    "a woman cutting a large white sheet cake",
+    "a young boy holding an umbrella next to a cow",
+]
+
+
+class FakeProcessor:
+    """pixel_values = each image's top-left red value, which the fake model turns into a caption index."""
+
+    def __call__(self, images, return_tensors="pt"):
+        return {"pixel_values": torch.tensor([[float(image.getpixel((0, 0))[0])] for image in images])}
+
+    def batch_decode(self, generated):
+        return [CAPTIONS[int(row[0])] for row in generated]
+
+
+class FakeModel:
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, captions_per_image: int = 1):
+        self.calls = []
+        self.captions_per_image = captions_per_image
+
+    def generate(self, pixel_values, **kwargs):
+        self.calls.append((len(pixel_values), kwargs))
+        return pixel_values.long().repeat_interleave(self.captions_per_image, dim=0)
+
+
+def _image(index: int) -> Image.Image:
+    return Image.new("RGB", (8, 8), (index, 0, 0))
+
+
+@pytest.fixture
+def karpathy(tmp_path) -> tuple[Path, Path]:
+    """A Karpathy-split JSON: 3 test images (tiny PNGs under image_root/val2014) and 1 train image."""
+    image_root = tmp_path / "coco"
+    (image_root / "val2014").mkdir(parents=True)
+    images = []
+    for index, caption in enumerate(CAPTIONS):
+        filename = f"COCO_val2014_{index:012d}.png"
+        _image(index).save(image_root / "val2014" / filename)
+        sentences = [{"raw": caption.capitalize() + "."}, {"raw": caption}]
+        images.append(
+            {
+                "filepath": "val2014",
+                "filename": filename,
+                "imgid": index,
+                "cocoid": 100 + index,
+                "split": "test",
+            }
+            | {"sentences": sentences}
+        )
+    images.append({"filename": "train.png", "imgid": 9, "split": "train", "sentences": [{"raw": "a dog"}]})
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps({"images": images}))
+    return path, image_root
+
+
+def test_load_karpathy_split(karpathy):
+    path, image_root = karpathy
+    eval_set = load_annotations(path, split="test", image_root=image_root)
+    assert eval_set.image_ids == [100, 101, 102]
+    assert eval_set.references[0] == ["A man riding a red motorcycle down a dirt road.", CAPTIONS[0]]
+    assert eval_set.images[2] == str(image_root / "val2014" / "COCO_val2014_000000000002.png")
+    assert load_annotations(path, split="test", limit=2).images is None  # references only
+    assert len(load_annotations(path, split="test", limit=2)) == 2
+    with pytest.raises(ValueError, match=r"No images of split 'val'.*splits present: \['test', 'train'\]"):
+        load_annotations(path, split="val")
+
+
+def test_missing_image_file_names_index_and_path(karpathy):
+    path, image_root = karpathy
+    missing = image_root / "val2014" / "COCO_val2014_000000000001.png"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"Image 1 \(image id 101\) does not exist: {missing}"):
+        load_annotations(path, split="test", image_root=image_root)
+
+
+def test_load_coco_captions_file(tmp_path):
+    data = {
+        "images": [{"id": 7, "file_name": "a.jpg"}, {"id": 3, "file_name": "b.jpg"}],
+        "annotations": [
+            {"image_id": 3, "id": 1, "caption": "a cat"},
+            {"image_id": 7, "id": 2, "caption": "a dog"},
+            {"image_id": 3, "id": 3, "caption": "a kitten"},
+        ],
+    }
+    path = tmp_path / "captions_val2014.json"
+    path.write_text(json.dumps(data))
+    assert load_annotations(path).references_by_id() == {7: ["a dog"], 3: ["a cat", "a kitten"]}
+    data["images"].append({"id": 5, "file_name": "c.jpg"})
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="image id 5 has no caption"):
+        load_annotations(path)
+
+
+def test_dataset_eval_set_and_missing_columns(tmp_path):
+    features = datasets.Features(
+        {"image": datasets.Image(), "captions": datasets.Sequence(datasets.Value("string"))}
+    )
+    rows = {"image": [_image(i) for i in range(3)], "captions": [[c] for c in CAPTIONS]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "eval")
+
+    eval_set = load_caption_dataset(str(tmp_path / "eval"), limit=2)
+    assert eval_set.image_ids == [0, 1]  # no image_id column: row numbers
+    assert caption_images(FakeModel(), FakeProcessor(), eval_set.images) == CAPTIONS[:2]
+    with pytest.raises(ValueError, match=r"image column 'img' is not in .*\['image', 'captions'\]"):
+        load_caption_dataset(str(tmp_path / "eval"), image_column="img")
+    with pytest.raises(ValueError, match=r"captions column 'caption' is not in"):
+        load_caption_dataset(str(tmp_path / "eval"), captions_column="caption")
+    datasets.DatasetDict({"test": datasets.load_from_disk(tmp_path / "eval")}).save_to_disk(tmp_path / "dict")
+    assert len(load_caption_dataset(str(tmp_path / "dict"), split="test")) == 3
+    with pytest.raises(ValueError, match=r"No split 'val' in .*; splits: \['test'\]"):
+        load_caption_dataset(str(tmp_path / "dict"), split="val")
+
+
+def test_caption_images_batches_in_order(karpathy):
+    path, image_root = karpathy
+    images = load_annotations(path, image_root=image_root).images * 2  # 6 images
+    model = FakeModel()
+    captions = caption_images(model, FakeProcessor(), images, batch_size=4, max_new_tokens=12, num_beams=3)
+    assert captions == CAPTIONS * 2
+    assert model.calls == [
+        (4, {"max_new_tokens": 12, "num_beams": 3}),
+        (2, {"max_new_tokens": 12, "num_beams": 3}),
+    ]
+    with pytest.raises(ValueError, match="returned 4 captions for a batch of 2 images"):
+        caption_images(FakeModel(captions_per_image=2), FakeProcessor(), images[:2])
+
+
+def test_coco_results_round_trip_and_duplicates(tmp_path):
+    write_coco_results({100: "a dog", "x": "a cat"}, tmp_path / "out" / "predictions.json")
+    assert json.loads((tmp_path / "out" / "predictions.json").read_text()) == [
+        {"image_id": 100, "caption": "a dog"},
+        {"image_id": "x", "caption": "a cat"},
+    ]
+    (tmp_path / "twice.json").write_text(
+        json.dumps([{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}])
+    )
+    with pytest.raises(ValueError, match=r"image id 1 has two captions \(again at entry 1\)"):
+        read_coco_results(tmp_path / "twice.json")
+
+
+def test_eval_set_rejects_repeated_image_ids():
+    with pytest.raises(ValueError, match="Image id 4 appears twice"):
+        CaptionEvalSet(image_ids=[4, 4], references=[["a"], ["b"]])
+
+
+def test_main_captions_and_scores_with_a_fake_model(karpathy, tmp_path, monkeypatch):
+    path, image_root = karpathy
+
+    class FakeModelClass:
+        @staticmethod
+        def from_pretrained(name):
+            assert name == "fake-capdec"
+            model = FakeModel()
+            model.to = lambda device: model
+            model.eval = lambda: model
+            return model
+
+    class FakeProcessorClass:
+        @staticmethod
+        def from_pretrained(name):
+            return FakeProcessor()
+
+    monkeypatch.setattr(modeling_capdec, "CapDecForConditionalGeneration", FakeModelClass, raising=False)
+    monkeypatch.setattr(modeling_capdec, "CapDecProcessor", FakeProcessorClass, raising=False)
+    args = evaluate_capdec.EvaluateArguments(
+        model="fake-capdec",
+        annotations=str(path),
+        image_root=str(image_root),
+        output_dir=str(tmp_path / "eval"),
+        batch_size=2,
+        metrics=["BLEU", "CIDEr"],
+    )
+    metrics = evaluate_capdec.main(args)
+
+    results = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert results == [{"image_id": 100 + i, "caption": c} for i, c in enumerate(CAPTIONS)]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
+    assert metrics["BLEU-4"] == pytest.approx(1.0, abs=1e-6)  # each caption equals a reference
+
+
+def test_main_predictions_mode_errors_name_the_image(karpathy, tmp_path):
+    path, _ = karpathy
+    predictions = tmp_path / "predictions.json"
+    write_coco_results({100: CAPTIONS[0], 101: CAPTIONS[1]}, predictions)
+    args = evaluate_capdec.EvaluateArguments(
+        predictions=str(predictions), annotations=str(path), output_dir=str(tmp_path / "eval")
+    )
+    with pytest.raises(KeyError, match=r"no prediction for image id\(s\): 102"):
+        evaluate_capdec.main(args)
+    with pytest.raises(ValueError, match="either --model .* or --predictions"):
+        evaluate_capdec.EvaluateArguments(annotations=str(path))
+    with pytest.raises(ValueError, match="--image_root is needed"):
+        evaluate_capdec.EvaluateArguments(model="m", annotations=str(path))
+
+
+def test_predictions_mode_end_to_end(karpathy, tmp_path):
+    path, image_root = karpathy
+    predictions = tmp_path / "predictions.json"
+    # The ids come in another order than the annotation file's, and a caption each reference matches.
+    write_coco_results({102: CAPTIONS[2], 100: CAPTIONS[0], 101: CAPTIONS[1]}, predictions)
+    output_dir = tmp_path / "eval"
+    command = [sys.executable, "evaluate_capdec.py", "--predictions", str(predictions)]
+    command += ["--annotations", str(path), "--split", "test", "--output_dir", str(output_dir)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert set(metrics) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
+    # After PTB tokenisation (lower case, no punctuation) both references of each image equal its prediction.
+    assert metrics["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["METEOR"] == pytest.approx(1.0)
+    assert metrics["ROUGE-L"] == pytest.approx(1.0)
+    assert metrics["CIDEr"] == pytest.approx(10.0)
+    assert not (output_dir / "predictions.json").exists()  # the input file is not rewritten
