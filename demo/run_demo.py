@@ -1,0 +1,319 @@
+"""The offline CapDec demo: text-only captioning in a procedural shapes world, end to end.
+
+    make demo                        # = python demo/run_demo.py
+    python demo/run_demo.py --full   # + the supervised reference and the noise sweep, with a plot
+    python demo/run_demo.py --smoke  # a few steps and images: checks that everything runs
+
+1. Build the shapes world (`processing/shapes_world.py`): a caption corpus, image-caption pairs, and two test
+   sets (seen attribute combinations, and held-out colour+shape combinations).
+2. Start from the tiny CLIP committed in `demo/tiny_clip/` (trained by `demo/train_tiny_clip.py`).
+3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
+   with noise ε = 0.016 and ε = 0 (side by side, one thread each).
+4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
+   caption toolkit (`modeling_capdec.metrics_capdec`), and compare with a no-decoder baseline that returns the
+   nearest training caption by CLIP similarity.
+5. Print a table, write `results.json` / `results.md`, and a gallery PNG of test images with both runs' captions.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # `processing` and `modeling_capdec` from this checkout
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+TINY_CLIP = REPO / "demo" / "tiny_clip"
+RECIPE = REPO / "configuration" / "shapes_text_only.json"
+SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
+SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
+SPLITS = ("test_seen", "test_heldout")
+METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=str(REPO / "demo_outputs"), help="where everything is written")
+    parser.add_argument("--full", action="store_true", help="also the supervised reference and the noise sweep")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CI)")
+    parser.add_argument("--clip", default=str(TINY_CLIP), help="the CLIP folder (default: the committed one)")
+    parser.add_argument("--max_steps", type=int, default=None, help="training steps per run (recipe default)")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs side by side (one thread each)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def stage(message: str) -> None:
+    print(f"\n== {message}", flush=True)
+
+
+# -- 1. the world -------------------------------------------------------------------------------------------
+def build_world(folder: Path, smoke: bool, seed: int):
+    from datasets import load_from_disk
+
+    from processing.shapes_world import build_shapes_world
+
+    sizes = dict(num_train_texts=400, num_train_pairs=200, num_test=12) if smoke else {}
+    marker = folder / "demo_sizes.json"
+    if folder.exists() and marker.exists() and json.loads(marker.read_text()) == {"seed": seed, **sizes}:
+        print(f"reusing {folder}")
+        return load_from_disk(str(folder))
+    world = build_shapes_world(folder, seed=seed, **sizes)
+    marker.write_text(json.dumps({"seed": seed, **sizes}))
+    return world
+
+
+# -- 2. the decoder to start from -----------------------------------------------------------------------------
+def build_decoder_init(folder: Path, captions: list[str], seed: int) -> Path:
+    """A tiny random GPT-2 with a byte-level BPE tokenizer trained on the corpus, saved as a Hub-style folder
+    that `train_capdec.py --decoder_model` loads like `gpt2`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from processing.bpe_tokenizers import train_gpt2_tokenizer
+
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = train_gpt2_tokenizer(captions)
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=64, n_embd=128, n_layer=2, n_head=4,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# -- 3. training ----------------------------------------------------------------------------------------------
+def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[str, float]:
+    """Run `train_capdec.py` once per entry, `jobs` at a time with one thread each, and show one progress bar
+    per run (read from each run's log). Returns the wall time of each run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    pending = list(runs.items())
+    active: dict[str, tuple[subprocess.Popen, Path, tqdm, float]] = {}
+    durations: dict[str, float] = {}
+    position = 0
+    while pending or active:
+        while pending and len(active) < jobs:
+            name, arguments = pending.pop(0)
+            log = output_dir / f"train_{name}.log"
+            handle = log.open("w")
+            process = subprocess.Popen([sys.executable, str(REPO / "train_capdec.py"), *arguments],
+                                       stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            bar = tqdm(total=None, desc=f"train {name}", position=position, leave=True, unit="step")
+            position += 1
+            active[name] = (process, log, bar, time.time())
+        time.sleep(1.0)
+        for name, (process, log, bar, start) in list(active.items()):
+            _update_bar(bar, log)
+            if process.poll() is not None:
+                bar.close()
+                del active[name]
+                durations[name] = time.time() - start
+                if process.returncode != 0:
+                    tail = log.read_text()[-3000:]
+                    raise RuntimeError(f"training run {name!r} failed (log: {log}):\n{tail}")
+    return durations
+
+
+# Trainer's own bar has no label ("  45%|████      | 450/1000 [..."); the labelled ones are datasets maps etc.
+_PROGRESS = re.compile(r"(?:^|[\r\n])\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+) \[")
+
+
+def _update_bar(bar: tqdm, log: Path) -> None:
+    text = log.read_text(errors="replace")[-4000:]
+    found = _PROGRESS.findall(text)
+    if found:
+        done, total = map(int, found[-1])
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+
+# -- 4. captioning and scoring --------------------------------------------------------------------------------
+def caption_split(model_dir: Path, images: list, batch_size: int = 64) -> list[str]:
+    from transformers import pipeline
+
+    captioner = pipeline("image-to-text", model=str(model_dir), trust_remote_code=True)
+    outputs = captioner(images, batch_size=batch_size, max_new_tokens=24)
+    return [output[0]["generated_text"] for output in outputs]
+
+
+def nearest_caption_baseline(clip_dir: Path, corpus: list[str], images: list) -> list[str]:
+    """No decoder: the training caption whose CLIP text embedding is nearest to the image's embedding."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    processor = CLIPProcessor.from_pretrained(clip_dir)
+    unique = sorted(set(corpus))
+    with torch.no_grad():
+        text_embeds = torch.cat([
+            model.get_text_features(**processor(text=unique[i : i + 512], return_tensors="pt", padding=True)).pooler_output
+            for i in range(0, len(unique), 512)
+        ])
+        image_embeds = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
+    similarity = torch.nn.functional.normalize(image_embeds, dim=-1) @ torch.nn.functional.normalize(text_embeds, dim=-1).T
+    return [unique[i] for i in similarity.argmax(-1).tolist()]
+
+
+def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    from modeling_capdec.metrics_capdec import compute_caption_metrics
+
+    metrics = compute_caption_metrics(predictions, references)
+    exact = sum(p.strip().lower() in {r.strip().lower() for r in refs} for p, refs in zip(predictions, references, strict=True))
+    metrics["exact"] = exact / len(predictions)
+    return metrics
+
+
+# -- 5. report ------------------------------------------------------------------------------------------------
+def results_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    header = "| run | split | " + " | ".join(METRICS) + " | exact match |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 3)]
+    for run, by_split in results.items():
+        for split, metrics in by_split.items():
+            values = " | ".join(f"{metrics[m]:.3f}" for m in METRICS)
+            lines.append(f"| {run} | {split} | {values} | {metrics['exact']:.2f} |")
+    return "\n".join(lines)
+
+
+def write_gallery(path: Path, images: list, captions: dict[str, list[str]], titles: list[str], cell: int = 144) -> None:
+    """A grid of test images (upscaled) with each run's caption under each image."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    columns = 4
+    text_lines = 1 + len(captions) * 2
+    height = cell + 12 * text_lines + 8
+    rows = (len(images) + columns - 1) // columns
+    canvas = Image.new("RGB", (columns * (cell + 120), rows * height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, image in enumerate(images):
+        x, y = (index % columns) * (cell + 120), (index // columns) * height
+        canvas.paste(image.resize((cell, cell), Image.NEAREST), (x + 60, y))
+        lines = [titles[index]]
+        for run, texts in captions.items():
+            words = f"{run}: {texts[index]}"
+            lines += [words[:44], words[44:88]]
+        for line_index, line in enumerate(lines):
+            draw.text((x + 4, y + cell + 4 + 12 * line_index), line, fill="black", font=font)
+    canvas.save(path)
+
+
+def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supervised: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epsilons = [eps for eps in SWEEP if f"eps={eps:g}" in results]
+    cider = [results[f"eps={eps:g}"]["test_seen"]["CIDEr"] for eps in epsilons]
+    figure, axis = plt.subplots(figsize=(5, 3.5))
+    positions = range(len(epsilons))
+    axis.plot(positions, cider, marker="o", label="text-only CapDec")
+    if supervised is not None:
+        axis.axhline(supervised, color="gray", linestyle="--", label="supervised (image embeddings)")
+    axis.set_xticks(list(positions), [f"{eps:g}" for eps in epsilons])
+    axis.set_xlabel("noise variance ε")
+    axis.set_ylabel("CIDEr (test_seen)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    torch.set_num_threads(2)
+
+    stage("1/5 shapes world")
+    world = build_world(output_dir / "world", args.smoke, args.seed)
+    for split, data in world.items():
+        print(f"  {split}: {data.num_rows} rows")
+
+    stage("2/5 tiny CLIP and the decoder to start from")
+    print(f"  CLIP: {args.clip}")
+    decoder_init = build_decoder_init(output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed)
+    print(f"  decoder: tiny GPT-2 in {decoder_init}")
+
+    stage("3/5 text-only training (train_capdec.py)")
+    max_steps = args.max_steps or (5 if args.smoke else None)
+    noise_levels = SWEEP if args.full else (0.016, 0.0)
+    runs = {}
+    for eps in noise_levels:
+        arguments = [str(RECIPE), "--clip_model", args.clip, "--decoder_model", str(decoder_init),
+                     "--dataset_dir", str(output_dir / "world"), "--noise_variance", str(eps),
+                     "--output_dir", str(output_dir / "runs" / f"eps_{eps:g}"), "--seed", str(args.seed),
+                     "--cache_dir", str(output_dir / "cache")]
+        if max_steps:
+            arguments += ["--max_steps", str(max_steps)]
+        runs[f"eps={eps:g}"] = arguments
+    if args.full:
+        runs["supervised"] = [str(SUPERVISED_RECIPE), "--clip_model", args.clip, "--decoder_model",
+                              str(decoder_init), "--dataset_dir", str(output_dir / "world"),
+                              "--output_dir", str(output_dir / "runs" / "supervised"), "--seed", str(args.seed),
+                              "--cache_dir", str(output_dir / "cache")] + (
+                                  ["--max_steps", str(max_steps)] if max_steps else [])
+    durations = train_runs(runs, args.jobs, output_dir)
+    for name, seconds in durations.items():
+        print(f"  {name}: {seconds:.0f} s")
+
+    stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    predictions: dict[str, dict[str, list[str]]] = {}
+    for name in runs:
+        model_dir = output_dir / "runs" / (name.replace("=", "_") if name != "supervised" else "supervised")
+        predictions[name] = {}
+        results[name] = {}
+        for split in SPLITS:
+            images = world[split]["image"][:]
+            predictions[name][split] = caption_split(model_dir, images)
+    corpus = world["train_text"]["caption"][:]
+    predictions["nearest caption"] = {
+        split: nearest_caption_baseline(Path(args.clip), corpus, world[split]["image"][:]) for split in SPLITS
+    }
+    for name, by_split in tqdm(predictions.items(), desc="scoring"):
+        results[name] = {split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()}
+
+    stage("5/5 results")
+    table = results_table(results)
+    print(table)
+    seen = {name: results[name]["test_seen"]["CIDEr"] for name in results}
+    if "eps=0.016" in seen and "eps=0" in seen and seen["eps=0"] > 0:
+        print(f"\nCIDEr test_seen, ε=0.016 / ε=0: {seen['eps=0.016'] / seen['eps=0']:.2f}×")
+    if "supervised" in seen and seen["supervised"] > 0:
+        print(f"CIDEr test_seen, ε=0.016 / supervised: {seen['eps=0.016'] / seen['supervised']:.2f}×")
+    gallery_images = world["test_seen"]["image"][:8] + world["test_heldout"]["image"][:4]
+    titles = [f"seen #{i}" for i in range(8)] + [f"held-out #{i}" for i in range(4)]
+    gallery_captions = {
+        name: predictions[name]["test_seen"][:8] + predictions[name]["test_heldout"][:4]
+        for name in ("eps=0.016", "eps=0")
+    }
+    n = len(gallery_images)
+    gallery_captions = {k: v[:n] for k, v in gallery_captions.items()}
+    write_gallery(output_dir / "gallery.png", gallery_images, gallery_captions, titles[:n])
+    if args.full:
+        plot_sweep(output_dir / "cider_vs_noise.png", results, seen.get("supervised"))
+    summary = {"results": results, "train_seconds": durations, "total_seconds": time.time() - start,
+               "smoke": args.smoke, "full": args.full, "clip": args.clip}
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "results.md").write_text(table + "\n")
+    (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=1))
+    print(f"\nwrote {output_dir / 'results.md'}, {output_dir / 'gallery.png'}"
+          + (f", {output_dir / 'cider_vs_noise.png'}" if args.full else "")
+          + f"  (total {time.time() - start:.0f} s)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
