@@ -6,11 +6,22 @@ with the Auto classes (AutoConfig, AutoModel, AutoModelForImageTextToText, AutoP
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
+from .collator_capdec import CapDecDataCollator, example_noise_generator
 from .configuration_capdec import CapDecConfig
+from .data_capdec import CleaningReport, load_dataset_source, load_eval_set, prepare_training_dataset
 from .modeling_capdec import CapDecForConditionalGeneration, CapDecOutput, CapDecPreTrainedModel
 from .noise_capdec import inject_noise
 from .pipeline_capdec import CapDecImageToTextPipeline
 from .processing_capdec import CapDecProcessor, ImageLoadError, load_image, load_images
+from .training_capdec import (
+    CapDecNoiseCallback,
+    CapDecTrainer,
+    CapDecTrainingArguments,
+    load_capdec_for_training,
+    load_modality_offset,
+    model_card_fields,
+    render_model_card,
+)
 
 AutoConfig.register(CapDecConfig.model_type, CapDecConfig, exist_ok=True)
 AutoModel.register(CapDecConfig, CapDecForConditionalGeneration, exist_ok=True)
@@ -28,4 +39,17 @@ __all__ = [
     "load_image",
     "load_images",
     "inject_noise",
+    "CapDecDataCollator",
+    "example_noise_generator",
+    "CleaningReport",
+    "load_dataset_source",
+    "load_eval_set",
+    "prepare_training_dataset",
+    "CapDecNoiseCallback",
+    "CapDecTrainer",
+    "CapDecTrainingArguments",
+    "load_capdec_for_training",
+    "load_modality_offset",
+    "model_card_fields",
+    "render_model_card",
 ]

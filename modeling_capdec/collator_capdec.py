@@ -1,0 +1,209 @@
+"""Training batches for CapDec: dynamic padding, caption labels and fresh CLIP-embedding noise every batch."""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .noise_capdec import inject_noise
+
+# The dataset column that names each example for its noise (written by `data_capdec.prepare_training_dataset`).
+EXAMPLE_ID_COLUMN = "example_id"
+
+
+def example_noise_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
+    """The generator that draws the noise of one example in one epoch.
+
+    The noise of an example is a pure function of `(seed, epoch, example_id)`: it does not depend on which
+    batch, dataloader worker or process the example lands in, nor on whether the run was interrupted and
+    resumed, yet every epoch sees fresh noise. `SeedSequence` mixes the three numbers so that nearby ids give
+    unrelated streams.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> a = torch.randn(3, generator=example_noise_generator(0, 1, 7))
+    >>> b = torch.randn(3, generator=example_noise_generator(0, 1, 7))
+    >>> torch.equal(a, b), torch.equal(a, torch.randn(3, generator=example_noise_generator(0, 2, 7)))
+    (True, False)
+    ```
+    """
+    if min(seed, epoch, example_id) < 0:
+        raise ValueError(f"seed, epoch and example_id must be >= 0, got {(seed, epoch, example_id)}.")
+    high, low = np.random.SeedSequence([seed, epoch, example_id]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(high) << 32) | int(low))
+
+
+def _as_tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
+    # Rows arrive as Python lists, numpy arrays or tensors depending on the dataset's format.
+    if isinstance(values, torch.Tensor):
+        return values.to(dtype)
+    return torch.as_tensor(np.asarray(values), dtype=dtype)
+
+
+@dataclass
+class CapDecDataCollator:
+    r"""
+    Collate CapDec training examples: pad the captions per batch and noise the CLIP embeddings.
+
+    Each example holds `input_ids` (the caption in the decoder's vocabulary, ending with eos) and either
+    `clip_embeds` (a precomputed normalised CLIP embedding) or, with `embed_on_the_fly=True`, `caption` (the
+    text, CLIP-tokenised here and embedded by the model).
+
+    Text mode (CapDec, Nukrai et al. 2022, Sec. 3) noises every embedding afresh in every batch:
+
+    $$x' = \frac{\hat x + n + o}{\lVert \hat x + n + o \rVert_2}, \qquad n \sim \mathcal N(0, \epsilon I)$$
+
+    with $\hat x$ the normalised CLIP text embedding, $\epsilon$ = `noise_variance` (std $\sqrt\epsilon$; 0.016 in
+    the paper), $o$ the optional `modality_offset`; with `noise_type="uniform"` $n$ is uniform in the ball of
+    radius $\sqrt\epsilon$. `noise_variance=0` and no offset leave the embeddings untouched. The formula is
+    [`inject_noise`]'s.
+
+    Supervised mode (`mode="supervised"`, the ClipCap reference) passes precomputed CLIP *image* embeddings
+    through unchanged.
+
+    Reproducibility: the noise of an example is drawn from [`example_noise_generator`]`(seed, epoch,
+    example_id)`, so it is the same whatever the batch composition, the number of dataloader workers or
+    processes, and after a resume. `epoch` is set by `training_capdec.CapDecNoiseCallback` at each epoch
+    start. Examples without an `example_id` fall back to one generator seeded with `seed`, which
+    reproduces a fixed sequence of calls but not a resumed run.
+
+    Output (`B` examples, `L` the longest caption rounded up to `pad_to_multiple_of`):
+    `input_ids`, `attention_mask`, `labels` `(B, L)` (labels are -100 on padding, found from each caption's
+    length: padding and eos are the same GPT-2 token, and the final eos must stay a target so the model
+    learns to stop), and `clip_embeds` `(B, d)` float32, or `clip_input_ids`, `clip_attention_mask` and
+    `inject_noise=True` (the model then draws the noise from the config's `noise_*` fields).
+
+    Example:
+
+    ```python
+    >>> collator = CapDecDataCollator(processor, noise_variance=0.016, seed=0)
+    >>> batch = collator([
+    ...     {"input_ids": [31, 7, 0], "clip_embeds": [0.6, 0.8] + [0.0] * 14, "example_id": 0},
+    ...     {"input_ids": [5, 0], "clip_embeds": [1.0] + [0.0] * 15, "example_id": 1},
+    ... ])
+    >>> batch["labels"].tolist(), batch["clip_embeds"].shape
+    ([[31, 7, 0], [5, 0, -100]], torch.Size([2, 16]))
+    ```
+    """
+
+    processor: Any
+    noise_variance: float = 0.016
+    noise_type: Literal["gaussian", "uniform"] = "gaussian"
+    modality_offset: Sequence[float] | None = None
+    mode: Literal["text", "supervised"] = "text"
+    embed_on_the_fly: bool = False
+    seed: int = 0
+    epoch: int = 0
+    pad_to_multiple_of: int | None = None
+    generator: torch.Generator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("text", "supervised"):
+            raise ValueError(f"mode must be 'text' or 'supervised', got {self.mode!r}.")
+        if self.noise_type not in ("gaussian", "uniform"):
+            raise ValueError(f"noise_type must be 'gaussian' or 'uniform', got {self.noise_type!r}.")
+        if not self.noise_variance >= 0:  # also rejects NaN
+            raise ValueError(f"noise_variance must be >= 0, got {self.noise_variance}.")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}.")
+        if self.embed_on_the_fly and self.mode != "text":
+            raise ValueError("embed_on_the_fly embeds caption text: it exists for mode='text' only.")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @property
+    def adds_noise(self) -> bool:
+        """Whether batches are noised at all (text mode with ε > 0 or a modality offset)."""
+        return self.mode == "text" and (self.noise_variance > 0 or self.modality_offset is not None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start drawing the noise of `epoch` (called by `CapDecNoiseCallback` at each epoch start)."""
+        self.epoch = int(epoch)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features:
+            raise ValueError("Cannot collate an empty batch.")
+        batch = self.pad_captions([feature["input_ids"] for feature in features])
+        if self.embed_on_the_fly:
+            captions = [self._get(feature, "caption", index) for index, feature in enumerate(features)]
+            clip_inputs = self.processor(clip_text=captions, return_tensors="pt")
+            batch["clip_input_ids"] = clip_inputs["clip_input_ids"]
+            batch["clip_attention_mask"] = clip_inputs["clip_attention_mask"]
+            batch["inject_noise"] = self.adds_noise
+            return batch
+        clip_embeds = torch.stack(
+            [
+                _as_tensor(self._get(feature, "clip_embeds", index), torch.float32)
+                for index, feature in enumerate(features)
+            ]
+        )
+        if self.adds_noise:
+            example_ids = None
+            if all(EXAMPLE_ID_COLUMN in feature for feature in features):
+                example_ids = [int(feature[EXAMPLE_ID_COLUMN]) for feature in features]
+            clip_embeds = self.add_noise(clip_embeds, example_ids)
+        batch["clip_embeds"] = clip_embeds
+        return batch
+
+    def pad_captions(self, sequences: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Right-pad caption ids to the longest in the batch: `input_ids`, `attention_mask`, `labels`."""
+        rows = [_as_tensor(ids, torch.long).reshape(-1) for ids in sequences]
+        length = max(len(row) for row in rows)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_id = self.processor.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.processor.tokenizer.eos_token_id
+        input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = row
+            attention_mask[index, : len(row)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def add_noise(self, clip_embeds: torch.Tensor, example_ids: Sequence[int] | None = None) -> torch.Tensor:
+        """Noise `(batch, d)` embeddings with this collator's ε, noise type and offset (see the class docstring).
+
+        With `example_ids`, row `i` draws from `example_noise_generator(seed, epoch, example_ids[i])`;
+        without, all rows draw from the collator's own generator.
+        """
+        if example_ids is None:
+            return inject_noise(
+                clip_embeds,
+                self.noise_variance,
+                self.noise_type,
+                self.modality_offset,
+                generator=self.generator,
+            )
+        if len(example_ids) != len(clip_embeds):
+            raise ValueError(f"{len(example_ids)} example ids for {len(clip_embeds)} embeddings.")
+        rows = [
+            inject_noise(
+                clip_embeds[index : index + 1],
+                self.noise_variance,
+                self.noise_type,
+                self.modality_offset,
+                generator=example_noise_generator(self.seed, self.epoch, example_id),
+            )
+            for index, example_id in enumerate(example_ids)
+        ]
+        return torch.cat(rows)
+
+    def _get(self, feature: dict[str, Any], key: str, index: int) -> Any:
+        if key not in feature:
+            hint = {
+                "clip_embeds": "precompute them (data_capdec.prepare_training_dataset) or set embed_on_the_fly=True",
+                "caption": "embed_on_the_fly=True needs the caption text in the dataset",
+            }[key]
+            raise KeyError(f"Example {index} of the batch has no {key!r} (keys: {sorted(feature)}): {hint}.")
+        return feature[key]
+
+
+__all__ = ["CapDecDataCollator", "EXAMPLE_ID_COLUMN", "example_noise_generator"]

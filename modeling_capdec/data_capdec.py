@@ -1,0 +1,611 @@
+"""Training data for CapDec: load a caption corpus, clean it, tokenise it and precompute CLIP embeddings once.
+
+A corpus is any `datasets` source with a caption column holding a string or a list of strings per row:
+
+- a local `.json`/`.jsonl`, `.csv`/`.tsv`, `.txt` (one caption per line) or `.parquet` file,
+- a `save_to_disk` folder (e.g. `data/coco_train_text` from `python -m processing.karpathy ...`),
+- a Hub dataset name.
+
+`prepare_training_dataset` turns it into rows of `input_ids` (caption + eos, decoder vocabulary), `example_id`
+(for the collator's reproducible noise) and `clip_embeds` (the normalised CLIP text embedding, or image embedding
+in supervised mode, float32), or `caption` when embedding on the fly. Every stage is a `Dataset.map` written to
+an Arrow file named by a fingerprint of its inputs (the source's datasets fingerprint, the stage's settings and
+the tokenizers and CLIP weights it uses): the result is memory-mapped, never held in RAM, and a second run with
+the same inputs loads the files instead of running CLIP again.
+
+Eval sets (one row per image: an image column and a list of reference captions) load with `load_eval_set`.
+"""
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import datasets
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, DatasetDict
+from datasets.fingerprint import Hasher
+
+from .collator_capdec import EXAMPLE_ID_COLUMN
+
+logger = logging.getLogger(__name__)
+
+# Bump when a stage's output changes for the same inputs, so that old cache files are not reused.
+CACHE_VERSION = "capdec-data-1"
+FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "text",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+}
+# Looked for, in this order, when an eval set's image column is not given.
+IMAGE_COLUMN_CANDIDATES = ("image", "image_path", "file_name", "filepath", "path")
+DROP_REASONS = ("empty", "not text")
+
+
+# -- loading ---------------------------------------------------------------------------------------------
+def load_dataset_source(
+    data_file: str | os.PathLike | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+    text_column: str = "caption",
+) -> Dataset:
+    """Load one split from exactly one of a data file, a `save_to_disk` folder or a Hub dataset name.
+
+    A `.txt` file is read one line per row into `text_column`. Errors name what failed: a missing file or
+    folder (`FileNotFoundError` with its path), a file that cannot be parsed (`ValueError` with its path), an
+    unknown split (`ValueError` listing the splits).
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "captions.txt"
+    >>> _ = path.write_text("a dog on the beach\\na red bus\\n")
+    >>> list(load_dataset_source(path)["caption"])
+    ['a dog on the beach', 'a red bus']
+    ```
+    """
+    given = [
+        name
+        for name, value in (
+            ("a file", data_file),
+            ("a dataset folder", dataset_dir),
+            ("a dataset name", dataset_name),
+        )
+        if value
+    ]
+    if len(given) != 1:
+        raise ValueError(
+            "Give exactly one data source (a file, a save_to_disk folder or a Hub dataset name); got "
+            + (", ".join(given) if given else "none")
+            + "."
+        )
+    if data_file:
+        return _load_file(Path(data_file), cache_dir, text_column)
+    if dataset_dir:
+        path = Path(dataset_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"Dataset folder not found: {path}")
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError as error:
+            raise ValueError(f"{path} is not a `save_to_disk` dataset folder: {error}") from error
+        return _pick_split(loaded, split, str(path))
+    try:
+        return datasets.load_dataset(dataset_name, dataset_config, split=split, cache_dir=cache_dir)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+        raise ValueError(f"Cannot load the dataset {dataset_name!r} (split {split!r}): {error}") from error
+
+
+def _load_file(path: Path, cache_dir: str | None, text_column: str) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file not found: {path}")
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise ValueError(
+            f"Cannot read {path}: unknown extension {path.suffix!r}; supported: {sorted(FILE_BUILDERS)}."
+        )
+    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    try:
+        dataset = datasets.load_dataset(
+            builder, data_files=str(path), split="train", cache_dir=cache_dir, **options
+        )
+    except Exception as error:  # the builders raise many types (DatasetGenerationError, ArrowInvalid, ...)
+        raise ValueError(f"Cannot read {path} as {builder}: {type(error).__name__}: {error}") from error
+    if builder == "text" and text_column != "text":
+        dataset = dataset.rename_column("text", text_column)
+    return dataset
+
+
+def _pick_split(loaded: Dataset | DatasetDict, split: str, source: str) -> Dataset:
+    if isinstance(loaded, DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"No split {split!r} in {source}; splits: {list(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def load_eval_set(
+    eval_file: str | os.PathLike | None = None,
+    eval_dataset_dir: str | os.PathLike | None = None,
+    eval_dataset_name: str | None = None,
+    split: str = "test",
+    image_column: str | None = None,
+    captions_column: str = "captions",
+    image_id_column: str | None = None,
+    max_samples: int | None = None,
+    cache_dir: str | None = None,
+) -> Any:
+    """Load an image-caption eval set, one row per image, as an `evaluation_capdec.CaptionEvalSet`.
+
+    `image_column` holds images or image paths; without it the first of `IMAGE_COLUMN_CANDIDATES` present is
+    used (`image_path` for `processing.karpathy` eval sets). `captions_column` holds the references (a list of
+    strings, or one string). Ids come from `image_id_column`, else `image_id` when present, else row numbers.
+    Images stay lazy (decoded batch by batch while captioning); image paths must exist.
+
+    Example:
+
+    ```python
+    >>> eval_set = load_eval_set(eval_dataset_dir="data/coco_test", max_samples=500)  # doctest: +SKIP
+    >>> len(eval_set), eval_set.references[0][:1]  # doctest: +SKIP
+    (500, ['A man with a red helmet on a small moped on a dirt road.'])
+    ```
+    """
+    from .evaluation_capdec import CaptionEvalSet
+
+    source = str(eval_file or eval_dataset_dir or eval_dataset_name)
+    dataset = load_dataset_source(
+        eval_file, eval_dataset_dir, eval_dataset_name, split=split, cache_dir=cache_dir
+    )
+    columns = dataset.column_names
+    if image_column is None:
+        image_column = next((name for name in IMAGE_COLUMN_CANDIDATES if name in columns), None)
+        if image_column is None:
+            raise ValueError(
+                f"The eval set {source} has no image column: none of {list(IMAGE_COLUMN_CANDIDATES)} is among "
+                f"its columns {columns}. Name it with --eval_image_column."
+            )
+    elif image_column not in columns:
+        raise ValueError(
+            f"The eval image column {image_column!r} is not in {source}; its columns are {columns}."
+        )
+    if captions_column not in columns:
+        raise ValueError(
+            f"The eval captions column {captions_column!r} is not in {source}; its columns are {columns}."
+        )
+    if image_id_column is None and "image_id" in columns:
+        image_id_column = "image_id"
+    elif image_id_column is not None and image_id_column not in columns:
+        raise ValueError(
+            f"The eval image id column {image_id_column!r} is not in {source}; its columns are {columns}."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"The eval set {source} has no rows.")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+
+    references = []
+    for row, refs in enumerate(dataset[captions_column]):
+        refs = [refs] if isinstance(refs, str) else refs
+        if not isinstance(refs, list) or not refs or not all(isinstance(ref, str) for ref in refs):
+            raise ValueError(
+                f"Row {row} of the eval captions column {captions_column!r} in {source} holds {refs!r}; expected "
+                "a non-empty list of reference strings."
+            )
+        references.append(refs)
+    image_ids = list(dataset[image_id_column]) if image_id_column else list(range(len(dataset)))
+    images = dataset[image_column]  # a lazy column
+    if dataset.features[image_column] == datasets.Value("string"):
+        for row, image_path in enumerate(images):
+            if not image_path or not os.path.isfile(image_path):
+                raise FileNotFoundError(
+                    f"Eval image {row} (column {image_column!r} of {source}) does not exist: {image_path!r}"
+                )
+    return CaptionEvalSet(image_ids=image_ids, references=references, images=images)
+
+
+# -- cleaning and tokenisation ------------------------------------------------------------------------------
+@dataclass
+class CleaningReport:
+    """What cleaning did to a corpus: every dropped or shortened caption is counted.
+
+    Example:
+
+    ```python
+    >>> print(CleaningReport(rows=3, captions=4, kept=3, dropped_empty=1, dropped_not_text=0, truncated=1).summary())
+    3 rows, 4 captions: kept 3, dropped 1 empty and 0 not text, truncated 1 to max_caption_tokens
+    ```
+    """
+
+    rows: int
+    captions: int
+    kept: int
+    dropped_empty: int
+    dropped_not_text: int
+    truncated: int
+    embeddings_from_cache: bool = False
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows, {self.captions} captions: kept {self.kept}, dropped {self.dropped_empty} empty "
+            f"and {self.dropped_not_text} not text, truncated {self.truncated} to max_caption_tokens"
+        )
+
+
+def _clean_batch(
+    batch: dict[str, list],
+    caption_column: str,
+    tokenizer: Any,
+    max_caption_tokens: int,
+    carried: Sequence[str],
+) -> dict[str, list]:
+    """One output row per caption (lists are flattened); bad captions are kept as marked rows, so that
+    cleaning can be counted from the cached result and a reloaded cache reports the same numbers."""
+    output: dict[str, list] = {"caption": [], "input_ids": [], "drop_reason": [], "truncated": []}
+    output.update({name: [] for name in carried})
+    keep_positions, keep_texts = [], []
+    for row, value in enumerate(batch[caption_column]):
+        captions = value if isinstance(value, list) else [value]
+        if not captions:  # an empty list: a row without captions
+            captions = [""]
+        for caption in captions:
+            reason = ""
+            if not isinstance(caption, str):
+                reason = "not text"
+            else:
+                caption = " ".join(caption.split())  # newlines, tabs and doubled spaces in scraped captions
+                reason = "" if caption else "empty"
+            if not reason:
+                keep_positions.append(len(output["caption"]))
+                keep_texts.append(caption)
+            output["caption"].append(caption if not reason else "")
+            output["input_ids"].append([])
+            output["drop_reason"].append(reason)
+            output["truncated"].append(False)
+            for name in carried:
+                output[name].append(batch[name][row])
+    if keep_texts:
+        token_ids = tokenizer(keep_texts, add_special_tokens=False)["input_ids"]
+        for position, ids in zip(keep_positions, token_ids, strict=True):
+            if len(ids) > max_caption_tokens:
+                ids = ids[:max_caption_tokens]
+                output["truncated"][position] = True
+                # CLIP then embeds the text the decoder learns, not the longer original.
+                output["caption"][position] = tokenizer.decode(ids).strip()
+            # The eos target teaches the decoder to stop after the caption.
+            output["input_ids"][position] = list(ids) + [tokenizer.eos_token_id]
+    return output
+
+
+def count_cleaning(cleaned: Dataset, rows: int) -> CleaningReport:
+    """Count kept, dropped and truncated captions of a cleaned corpus with Arrow (no Python lists of rows)."""
+    table = cleaned.data  # the memory-mapped Arrow table (a map's output has no indices mapping)
+    reasons = {
+        entry["values"]: entry["counts"] for entry in pc.value_counts(table.column("drop_reason")).to_pylist()
+    }
+    truncated = pc.sum(table.column("truncated").cast("int64")).as_py() or 0
+    return CleaningReport(
+        rows=rows,
+        captions=table.num_rows,
+        kept=reasons.get("", 0),
+        dropped_empty=reasons.get("empty", 0),
+        dropped_not_text=reasons.get("not text", 0),
+        truncated=truncated,
+    )
+
+
+# -- fingerprints and cache files ---------------------------------------------------------------------------
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what a tokenizer does (its vocabulary, merges, normaliser, special tokens), independent of the
+    truncation/padding state that calling it leaves behind."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:
+        spec = sorted(tokenizer.get_vocab().items())
+    return Hasher.hash((type(tokenizer).__name__, spec, tokenizer.eos_token, tokenizer.model_max_length))
+
+
+@torch.no_grad()
+def clip_fingerprint(clip: torch.nn.Module) -> str:
+    """A hash of a CLIP model's config and weights: a cache made with other weights is never reused."""
+    checksum = [
+        (name, float(param.double().sum()), float(param.double().abs().sum()))
+        for name, param in clip.state_dict().items()
+    ]
+    return Hasher.hash((clip.config.to_json_string(use_diff=False), checksum))
+
+
+def _cache_file(cache_dir: str | os.PathLike | None, stage: str, fingerprint: str) -> str:
+    folder = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "capdec"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"{stage}-{fingerprint}.arrow")
+
+
+# -- the pipeline -----------------------------------------------------------------------------------------
+def prepare_training_dataset(
+    dataset: Dataset,
+    model: Any,
+    processor: Any,
+    mode: Literal["text", "supervised"] = "text",
+    caption_column: str = "caption",
+    image_column: str | None = None,
+    max_caption_tokens: int = 64,
+    embed_on_the_fly: bool = False,
+    embedding_batch_size: int = 256,
+    num_proc: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    overwrite_cache: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[Dataset, CleaningReport]:
+    """Clean, tokenise and embed a caption corpus for CapDec training (cached on disk, memory-mapped).
+
+    Stages (each a `Dataset.map` cached under `cache_dir`, default `HF_DATASETS_CACHE/capdec`):
+
+    1. supervised mode only: CLIP image embeddings of `image_column`, one per row (before captions are
+       flattened, so an image with five captions is embedded once);
+    2. flatten the caption lists, drop empty or non-text captions, tokenise with the decoder tokenizer,
+       truncate to `max_caption_tokens` tokens and append eos (the dropped captions are counted, not kept);
+    3. text mode: normalised CLIP text embeddings of the (possibly truncated) captions, `embedding_batch_size`
+       at a time on `device`; with `embed_on_the_fly` the caption text is kept instead.
+
+    Returns the dataset (`input_ids`, `example_id`, and `clip_embeds` float32 or `caption`) and a
+    `CleaningReport` (whose `embeddings_from_cache` says whether stage 3 was loaded from its cache file).
+    Raises `ValueError` when a column is missing (listing the columns that exist) or when nothing is left
+    after cleaning (saying how many captions were dropped and why).
+
+    Example:
+
+    ```python
+    >>> corpus = load_dataset_source("captions.jsonl")  # doctest: +SKIP
+    >>> train_dataset, report = prepare_training_dataset(corpus, model, processor)  # doctest: +SKIP
+    >>> print(report.summary())  # doctest: +SKIP
+    566747 rows, 566747 captions: kept 566747, dropped 0 empty and 0 not text, truncated 3 to max_caption_tokens
+    ```
+    """
+    if mode not in ("text", "supervised"):
+        raise ValueError(f"mode must be 'text' or 'supervised', got {mode!r}.")
+    if embed_on_the_fly and mode != "text":
+        raise ValueError("embed_on_the_fly embeds caption text with CLIP: it exists for mode='text' only.")
+    if max_caption_tokens < 1:
+        raise ValueError(f"max_caption_tokens must be >= 1, got {max_caption_tokens}.")
+    columns = dataset.column_names
+    if caption_column not in columns:
+        raise ValueError(
+            f"The caption column {caption_column!r} is not in the corpus; its columns are {columns}."
+        )
+    if mode == "supervised" and (image_column is None or image_column not in columns):
+        raise ValueError(
+            f"Supervised training needs an image column; {image_column!r} is not in the corpus, whose columns "
+            f"are {columns}."
+        )
+    _check_positions(model, max_caption_tokens)
+    if device is not None:
+        model.clip.to(device)  # embed on the training device; Trainer moves the rest of the model later
+    device = next(model.clip.parameters()).device
+    clip_hash = clip_fingerprint(model.clip) if not embed_on_the_fly else None
+
+    carried: list[str] = []
+    source = dataset
+    if mode == "supervised":
+        source = _embed_images(
+            dataset,
+            model,
+            processor,
+            image_column,
+            caption_column,
+            embedding_batch_size,
+            cache_dir,
+            overwrite_cache,
+            device,
+            clip_hash,
+        )
+        carried = ["clip_embeds"]
+
+    clean_hash = Hasher.hash(
+        (
+            CACHE_VERSION,
+            "clean",
+            source._fingerprint,
+            caption_column,
+            max_caption_tokens,
+            tokenizer_fingerprint(processor.tokenizer),
+            carried,
+        )
+    )
+    clean_features = datasets.Features(
+        {
+            "caption": datasets.Value("string"),
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "drop_reason": datasets.Value("string"),
+            "truncated": datasets.Value("bool"),
+            **{name: source.features[name] for name in carried},
+        }
+    )
+    cleaned = source.map(
+        _clean_batch,
+        batched=True,
+        fn_kwargs={
+            "caption_column": caption_column,
+            "tokenizer": processor.tokenizer,
+            "max_caption_tokens": max_caption_tokens,
+            "carried": carried,
+        },
+        remove_columns=source.column_names,
+        features=clean_features,
+        num_proc=num_proc,
+        cache_file_name=_cache_file(cache_dir, "clean", clean_hash),
+        new_fingerprint=clean_hash,
+        load_from_cache_file=not overwrite_cache,
+        desc="Cleaning and tokenising captions",
+    )
+    report = count_cleaning(cleaned, rows=len(dataset))
+    logger.info("Corpus cleaning: %s", report.summary())
+    if report.kept == 0:
+        raise ValueError(
+            f"The corpus is empty after cleaning: all {report.captions} captions of {report.rows} rows were dropped "
+            f"({report.dropped_empty} empty, {report.dropped_not_text} not text) in column {caption_column!r}."
+        )
+
+    final_hash = Hasher.hash(
+        (
+            CACHE_VERSION,
+            "final",
+            cleaned._fingerprint,
+            mode,
+            embed_on_the_fly,
+            clip_hash,
+            tokenizer_fingerprint(processor.clip_tokenizer),
+        )
+    )
+    final_features = {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        EXAMPLE_ID_COLUMN: datasets.Value("int64"),
+    }
+    if embed_on_the_fly:
+        final_features["caption"] = datasets.Value("string")
+    else:
+        dim = model.config.clip_projection_dim
+        final_features["clip_embeds"] = datasets.List(datasets.Value("float32"), length=dim)
+    cache_file = _cache_file(cache_dir, "embeds" if not embed_on_the_fly else "final", final_hash)
+    report.embeddings_from_cache = os.path.isfile(cache_file) and not overwrite_cache
+    if report.embeddings_from_cache:
+        logger.info("Reusing cached training data %s", cache_file)
+    final = cleaned.map(
+        _finish_batch,
+        batched=True,
+        with_indices=True,
+        batch_size=embedding_batch_size,
+        fn_kwargs={
+            "model": model,
+            "processor": processor,
+            "mode": mode,
+            "embed_on_the_fly": embed_on_the_fly,
+            "device": device,
+        },
+        remove_columns=cleaned.column_names,
+        features=datasets.Features(final_features),
+        cache_file_name=cache_file,
+        new_fingerprint=final_hash,
+        load_from_cache_file=not overwrite_cache,
+        desc="CLIP text embeddings" if mode == "text" and not embed_on_the_fly else "Dropping bad captions",
+    )
+    numeric = [name for name in final.column_names if name != "caption"]
+    return final.with_format("numpy", columns=numeric, output_all_columns=True), report
+
+
+def _check_positions(model: Any, max_caption_tokens: int) -> None:
+    text_config = model.config.text_config.get_text_config()
+    max_positions = getattr(text_config, "max_position_embeddings", None) or getattr(
+        text_config, "n_positions", None
+    )
+    needed = model.config.prefix_length + max_caption_tokens + 1
+    if max_positions is not None and needed > max_positions:
+        raise ValueError(
+            f"prefix_length ({model.config.prefix_length}) + max_caption_tokens ({max_caption_tokens}) + eos = "
+            f"{needed} positions, but the decoder has {max_positions}: lower max_caption_tokens."
+        )
+
+
+def _finish_batch(
+    batch: dict[str, list],
+    indices: list[int],
+    model: Any,
+    processor: Any,
+    mode: str,
+    embed_on_the_fly: bool,
+    device: torch.device,
+) -> dict[str, Any]:
+    keep = [i for i, reason in enumerate(batch["drop_reason"]) if not reason]
+    output: dict[str, Any] = {
+        "input_ids": [batch["input_ids"][i] for i in keep],
+        # Row numbers of the cleaned corpus: stable across runs, so the noise of an example is too.
+        EXAMPLE_ID_COLUMN: [indices[i] for i in keep],
+    }
+    captions = [batch["caption"][i] for i in keep]
+    if embed_on_the_fly:
+        output["caption"] = captions
+    elif mode == "supervised":
+        output["clip_embeds"] = [batch["clip_embeds"][i] for i in keep]
+    elif not keep:
+        output["clip_embeds"] = []
+    else:
+        clip_inputs = processor(clip_text=captions, return_tensors="pt").to(device)
+        embeds = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])
+        output["clip_embeds"] = embeds.float().cpu().numpy()
+    return output
+
+
+def _embed_images(
+    dataset: Dataset,
+    model: Any,
+    processor: Any,
+    image_column: str,
+    caption_column: str,
+    batch_size: int,
+    cache_dir: str | os.PathLike | None,
+    overwrite_cache: bool,
+    device: torch.device,
+    clip_hash: str,
+) -> Dataset:
+    from .processing_capdec import load_image
+
+    def embed(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
+        images = [
+            load_image(source, index) for source, index in zip(batch[image_column], indices, strict=True)
+        ]
+        pixel_values = processor(images=images, return_tensors="pt")["pixel_values"].to(device)
+        return {"clip_embeds": model.get_image_embeds(pixel_values).float().cpu().numpy()}
+
+    image_hash = Hasher.hash(
+        (
+            CACHE_VERSION,
+            "images",
+            dataset._fingerprint,
+            image_column,
+            caption_column,
+            clip_hash,
+            processor.image_processor.to_json_string(),
+        )
+    )
+    # Only the captions travel on: copying the images into the cache file would duplicate the image data.
+    features = datasets.Features(
+        {
+            caption_column: dataset.features[caption_column],
+            "clip_embeds": datasets.List(datasets.Value("float32"), length=model.config.clip_projection_dim),
+        }
+    )
+    return dataset.map(
+        embed,
+        batched=True,
+        with_indices=True,
+        batch_size=batch_size,
+        remove_columns=[name for name in dataset.column_names if name != caption_column],
+        features=features,
+        cache_file_name=_cache_file(cache_dir, "image-embeds", image_hash),
+        new_fingerprint=image_hash,
+        load_from_cache_file=not overwrite_cache,
+        desc="CLIP image embeddings",
+    )
+
+
+__all__ = [
+    "CleaningReport",
+    "count_cleaning",
+    "load_dataset_source",
+    "load_eval_set",
+    "prepare_training_dataset",
+]

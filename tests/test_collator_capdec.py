@@ -1,0 +1,144 @@
+"""CapDecDataCollator: padding and labels, the noise's statistics, and reproducible noise."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_capdec import CapDecDataCollator, example_noise_generator
+
+EPS = 0.016
+DIM = 512
+ROWS = 4096
+
+
+@pytest.fixture(scope="module")
+def unit_embedding() -> torch.Tensor:
+    return F.normalize(torch.randn(DIM, generator=torch.Generator().manual_seed(123)), dim=0)
+
+
+def _features(embeds: torch.Tensor, ids=None) -> list[dict]:
+    ids = range(len(embeds)) if ids is None else ids
+    return [
+        {"input_ids": [5, 6, 0], "clip_embeds": row.numpy(), "example_id": i}
+        for row, i in zip(embeds, ids, strict=True)
+    ]
+
+
+def test_padding_and_labels(processor):
+    eos = processor.tokenizer.eos_token_id
+    collator = CapDecDataCollator(processor, noise_variance=0.0)
+    embeds = F.normalize(torch.randn(2, 16), dim=-1)
+    batch = collator(
+        [
+            {"input_ids": [11, 12, 13, eos], "clip_embeds": embeds[0].tolist()},
+            {"input_ids": [21, eos], "clip_embeds": embeds[1].tolist()},
+        ]
+    )
+    assert batch["input_ids"].tolist() == [[11, 12, 13, eos], [21, eos, eos, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    # The caption's own eos (same id as the padding) stays a target: the model must learn to stop.
+    assert batch["labels"].tolist() == [[11, 12, 13, eos], [21, eos, -100, -100]]
+    assert batch["clip_embeds"].dtype == torch.float32 and torch.equal(batch["clip_embeds"], embeds)
+
+    padded = CapDecDataCollator(processor, noise_variance=0.0, pad_to_multiple_of=8)(
+        [{"input_ids": [1, 2, 3], "clip_embeds": embeds[0].tolist()}]
+    )
+    assert padded["input_ids"].shape == (1, 8) and padded["labels"][0, 3:].eq(-100).all()
+
+
+def test_gaussian_noise_statistics(processor, unit_embedding):
+    collator = CapDecDataCollator(processor, noise_variance=EPS, seed=7, epoch=2)
+    embeds = unit_embedding.expand(ROWS, DIM)
+    noised = collator.add_noise(embeds, example_ids=list(range(ROWS)))
+    # The noise before re-normalisation, replayed from the per-example generators the collator drew it from.
+    noise = torch.stack(
+        [torch.randn(DIM, generator=example_noise_generator(7, 2, i)) * math.sqrt(EPS) for i in range(ROWS)]
+    )
+    torch.testing.assert_close(noised, F.normalize(embeds + noise, dim=-1), atol=1e-6, rtol=0)
+    assert noise.mean().abs() < 5 * math.sqrt(EPS / noise.numel())  # 5 standard errors of the mean
+    per_dimension = noise.var(dim=0)  # over the 4096 rows: relative standard error sqrt(2/4095) = 2.2%
+    assert abs(per_dimension.mean().item() / EPS - 1) < 0.02
+    assert ((per_dimension / EPS - 1).abs() < 0.12).all()  # > 5 standard errors, for each of 512 dimensions
+    torch.testing.assert_close(noised.norm(dim=-1), torch.ones(ROWS))
+    # The paper's regime: the noise is as large as the embedding itself (E|n|^2 = d * eps = 8.2).
+    assert 0.2 < F.cosine_similarity(noised, embeds).mean() < 0.5
+
+
+def test_uniform_noise_stays_within_the_radius(processor, unit_embedding):
+    collator = CapDecDataCollator(processor, noise_variance=EPS, noise_type="uniform", seed=1)
+    embeds = unit_embedding.expand(ROWS, DIM)
+    noised = collator.add_noise(embeds, example_ids=list(range(ROWS)))
+    torch.testing.assert_close(noised.norm(dim=-1), torch.ones(ROWS))
+    # |n| <= r = sqrt(eps) bounds the angle to the clean embedding: sin(angle) <= r, so cos >= sqrt(1 - eps).
+    cosine = F.cosine_similarity(noised, embeds)
+    assert cosine.min() >= math.sqrt(1 - EPS) - 1e-6
+    assert cosine.max() < 0.999 and not torch.allclose(noised[0], noised[1])  # but there is noise
+
+
+def test_zero_variance_is_the_identity(processor, unit_embedding):
+    embeds = torch.stack([unit_embedding, -unit_embedding])
+    batch = CapDecDataCollator(processor, noise_variance=0.0)(_features(embeds))
+    assert torch.equal(batch["clip_embeds"], embeds)
+
+
+def test_modality_offset_is_added_before_normalising(processor, unit_embedding):
+    offset = torch.full((DIM,), 0.01)
+    batch = CapDecDataCollator(processor, noise_variance=0.0, modality_offset=offset.tolist())(
+        _features(unit_embedding[None])
+    )
+    torch.testing.assert_close(batch["clip_embeds"][0], F.normalize(unit_embedding + offset, dim=0))
+
+
+def test_noise_is_reproducible_and_fresh(processor):
+    embeds = F.normalize(torch.randn(6, DIM), dim=-1)
+
+    def noised(seed: int, epoch: int = 0, ids=None) -> torch.Tensor:
+        collator = CapDecDataCollator(processor, noise_variance=EPS, seed=seed)
+        collator.set_epoch(epoch)
+        return collator(_features(embeds, ids))["clip_embeds"]
+
+    assert torch.equal(noised(0), noised(0))
+    assert not torch.allclose(noised(0), noised(1))
+    assert not torch.allclose(noised(0), noised(0, epoch=1))  # every epoch draws fresh noise
+    # An example's noise does not depend on its batch: the same id gives the same noise anywhere.
+    shuffled = noised(0, ids=[5, 4, 3, 2, 1, 0])
+    assert not torch.equal(shuffled[0], noised(0)[0])
+    collator = CapDecDataCollator(processor, noise_variance=EPS, seed=0)
+    alone = collator(_features(embeds[2:3], ids=[2]))["clip_embeds"]
+    torch.testing.assert_close(alone[0], noised(0)[2], atol=0, rtol=0)
+    # Without example ids the collator's own generator advances: consecutive batches differ.
+    collator = CapDecDataCollator(processor, noise_variance=EPS, seed=0)
+    plain = [{"input_ids": [1, 0], "clip_embeds": row.numpy()} for row in embeds]
+    assert not torch.allclose(collator(plain)["clip_embeds"], collator(plain)["clip_embeds"])
+
+
+def test_supervised_mode_passes_image_embeddings_through(processor):
+    embeds = F.normalize(torch.randn(3, 16), dim=-1)
+    batch = CapDecDataCollator(processor, noise_variance=EPS, mode="supervised")(_features(embeds))
+    assert torch.equal(batch["clip_embeds"], embeds)
+
+
+def test_embed_on_the_fly_returns_clip_tokens(processor):
+    collator = CapDecDataCollator(processor, noise_variance=EPS, embed_on_the_fly=True)
+    batch = collator(
+        [
+            {"input_ids": [1, 0], "caption": "a dog running on the beach"},
+            {"input_ids": [2, 0], "caption": "a cat"},
+        ]
+    )
+    expected = processor(clip_text=["a dog running on the beach", "a cat"], return_tensors="pt")
+    assert torch.equal(batch["clip_input_ids"], expected["clip_input_ids"])
+    assert batch["inject_noise"] is True and "clip_embeds" not in batch
+
+
+def test_bad_features_and_settings(processor):
+    with pytest.raises(KeyError, match="no 'clip_embeds'.*embed_on_the_fly"):
+        CapDecDataCollator(processor)([{"input_ids": [1, 0], "caption": "a dog"}])
+    with pytest.raises(ValueError, match="noise_variance must be >= 0"):
+        CapDecDataCollator(processor, noise_variance=-0.1)
+    with pytest.raises(ValueError, match="noise_type"):
+        CapDecDataCollator(processor, noise_type="laplace")
+    with pytest.raises(ValueError, match="mode='text' only"):
+        CapDecDataCollator(processor, mode="supervised", embed_on_the_fly=True)

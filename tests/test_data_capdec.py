@@ -1,0 +1,206 @@
+"""Corpus loading, cleaning, the CLIP-embedding cache and eval sets (data_capdec)."""
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPModel
+
+from modeling_capdec import load_dataset_source, load_eval_set, prepare_training_dataset
+from tests.tiny_models import CAPTIONS
+
+
+@pytest.fixture
+def clip_calls(monkeypatch):
+    """Counts CLIP text and image forward passes."""
+    calls = {"text": 0, "image": 0}
+    text_features, image_features = CLIPModel.get_text_features, CLIPModel.get_image_features
+
+    def count_text(self, *args, **kwargs):
+        calls["text"] += 1
+        return text_features(self, *args, **kwargs)
+
+    def count_image(self, *args, **kwargs):
+        calls["image"] += 1
+        return image_features(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "get_text_features", count_text)
+    monkeypatch.setattr(CLIPModel, "get_image_features", count_image)
+    return calls
+
+
+def _write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_load_sources(tmp_path):
+    cache = str(tmp_path / "hf")
+    jsonl = _write_jsonl(tmp_path / "c.jsonl", [{"caption": "a dog"}, {"caption": "a cat"}])
+    assert load_dataset_source(jsonl, cache_dir=cache)["caption"] == ["a dog", "a cat"]
+    (tmp_path / "c.csv").write_text("caption,other\na dog,1\na cat,2\n")
+    assert load_dataset_source(tmp_path / "c.csv", cache_dir=cache)["caption"] == ["a dog", "a cat"]
+    (tmp_path / "c.txt").write_text("a dog\na cat\n")
+    assert load_dataset_source(tmp_path / "c.txt", cache_dir=cache, text_column="text")["text"] == [
+        "a dog",
+        "a cat",
+    ]
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"caption": ["a bus"]})}).save_to_disk(
+        tmp_path / "d"
+    )
+    assert load_dataset_source(dataset_dir=tmp_path / "d")["caption"] == ["a bus"]
+    with pytest.raises(ValueError, match=r"No split 'val'.*\['train'\]"):
+        load_dataset_source(dataset_dir=tmp_path / "d", split="val")
+
+
+def test_load_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        load_dataset_source(tmp_path / "missing.jsonl")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"caption": "a dog"\n{{{ not json')
+    with pytest.raises(ValueError, match=r"Cannot read .*broken\.json as json"):
+        load_dataset_source(broken, cache_dir=str(tmp_path / "hf"))
+    (tmp_path / "c.docx").write_text("x")
+    with pytest.raises(ValueError, match=r"unknown extension '\.docx'"):
+        load_dataset_source(tmp_path / "c.docx")
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        load_dataset_source(dataset_dir=tmp_path / "no_such_folder")
+    with pytest.raises(ValueError, match="exactly one data source"):
+        load_dataset_source(tmp_path / "c.docx", dataset_name="coco")
+
+
+def test_cleaning_flattens_drops_and_truncates(model, processor, tmp_path):
+    corpus = datasets.Dataset.from_dict(
+        {"caption": [["a dog running on the beach", "  a   red\nbus "], [], ["", None], ["word " * 40]]}
+    )
+    dataset, report = prepare_training_dataset(
+        corpus, model, processor, max_caption_tokens=12, cache_dir=tmp_path
+    )
+    assert (report.rows, report.captions, report.kept) == (4, 6, 3)
+    assert (report.dropped_empty, report.dropped_not_text, report.truncated) == (2, 1, 2)
+    eos = processor.tokenizer.eos_token_id
+    rows = [dataset[i] for i in range(len(dataset))]
+    assert all(row["input_ids"][-1] == eos and len(row["input_ids"]) <= 13 for row in rows)
+    assert processor.tokenizer.decode(rows[1]["input_ids"][:-1]) == "a red bus"  # whitespace normalised
+    assert [row["example_id"] for row in rows] == [0, 1, 5]  # row numbers of the flattened corpus
+    # The stored embedding is the normalised CLIP embedding of the caption the decoder learns.
+    clip_inputs = processor(clip_text=["a red bus"], return_tensors="pt")
+    expected = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])
+    stored = torch.as_tensor(rows[1]["clip_embeds"])
+    assert stored.dtype == torch.float32 and stored.shape == (model.config.clip_projection_dim,)
+    torch.testing.assert_close(stored, expected[0], atol=1e-6, rtol=1e-5)
+    assert dataset.features["clip_embeds"].length == model.config.clip_projection_dim
+
+
+def test_embeddings_are_cached_and_reused(model, processor, tmp_path, clip_calls):
+    corpus = load_dataset_source(
+        _write_jsonl(tmp_path / "c.jsonl", [{"caption": c} for c in CAPTIONS]), cache_dir=str(tmp_path / "hf")
+    )
+    first, report = prepare_training_dataset(
+        corpus, model, processor, embedding_batch_size=8, cache_dir=tmp_path / "c"
+    )
+    assert clip_calls["text"] == 4 and not report.embeddings_from_cache  # 30 captions in batches of 8
+    assert all(
+        cache["filename"].startswith(str(tmp_path / "c")) for cache in first.cache_files
+    )  # memory-mapped
+    again = load_dataset_source(tmp_path / "c.jsonl", cache_dir=str(tmp_path / "hf"))
+    second, report = prepare_training_dataset(
+        again, model, processor, embedding_batch_size=8, cache_dir=tmp_path / "c"
+    )
+    assert clip_calls["text"] == 4 and report.embeddings_from_cache  # no CLIP forward pass the second time
+    np.testing.assert_array_equal(first["clip_embeds"], second["clip_embeds"])
+    # Anything the embeddings depend on (here the CLIP weights) makes a new cache entry.
+    with torch.no_grad():
+        model.clip.text_projection.weight.add_(0.01)
+    try:
+        _, report = prepare_training_dataset(
+            again, model, processor, embedding_batch_size=8, cache_dir=tmp_path / "c"
+        )
+    finally:
+        with torch.no_grad():
+            model.clip.text_projection.weight.sub_(0.01)
+    assert clip_calls["text"] == 8 and not report.embeddings_from_cache
+
+
+def test_embed_on_the_fly_keeps_text(model, processor, tmp_path, clip_calls):
+    corpus = datasets.Dataset.from_dict({"caption": CAPTIONS[:3]})
+    dataset, _ = prepare_training_dataset(corpus, model, processor, embed_on_the_fly=True, cache_dir=tmp_path)
+    assert dataset.column_names == ["input_ids", "example_id", "caption"] and clip_calls["text"] == 0
+    assert dataset[0]["caption"] == CAPTIONS[0]
+
+
+def test_supervised_embeds_each_image_once(model, processor, tmp_path, image_files, clip_calls):
+    corpus = datasets.Dataset.from_dict(
+        {"image_path": image_files[:2], "captions": [CAPTIONS[:3], CAPTIONS[3:5]]}
+    )
+    dataset, report = prepare_training_dataset(
+        corpus,
+        model,
+        processor,
+        mode="supervised",
+        caption_column="captions",
+        image_column="image_path",
+        cache_dir=tmp_path,
+    )
+    assert report.kept == len(dataset) == 5 and clip_calls == {"text": 0, "image": 1}
+    pixel_values = processor(images=image_files[:1], return_tensors="pt")["pixel_values"]
+    expected = model.get_image_embeds(pixel_values)[0]
+    for row in range(3):  # the three captions of the first image share its embedding
+        torch.testing.assert_close(
+            torch.as_tensor(dataset[row]["clip_embeds"]), expected, atol=1e-6, rtol=1e-5
+        )
+
+
+def test_corpus_errors(model, processor, tmp_path):
+    corpus = datasets.Dataset.from_dict({"text": ["a dog"], "id": [1]})
+    with pytest.raises(
+        ValueError, match=r"caption column 'caption' is not in the corpus; its columns are \['text', 'id'\]"
+    ):
+        prepare_training_dataset(corpus, model, processor, cache_dir=tmp_path)
+    empty = datasets.Dataset.from_dict({"caption": ["", "   ", None]})
+    with pytest.raises(
+        ValueError,
+        match=r"empty after cleaning: all 3 captions of 3 rows were dropped \(2 empty, 1 not text\)",
+    ):
+        prepare_training_dataset(empty, model, processor, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="needs an image column; 'image' is not in the corpus"):
+        prepare_training_dataset(
+            corpus.rename_column("text", "caption"),
+            model,
+            processor,
+            mode="supervised",
+            image_column="image",
+            cache_dir=tmp_path,
+        )
+    with pytest.raises(ValueError, match="positions, but the decoder has 128"):
+        prepare_training_dataset(
+            corpus.rename_column("text", "caption"),
+            model,
+            processor,
+            max_caption_tokens=200,
+            cache_dir=tmp_path,
+        )
+
+
+def test_eval_set(tmp_path, image_files):
+    rows = [
+        {"image_id": 10 + i, "image_path": path, "captions": CAPTIONS[i : i + 2]}
+        for i, path in enumerate(image_files)
+    ]
+    eval_file = _write_jsonl(tmp_path / "eval.jsonl", rows)
+    eval_set = load_eval_set(eval_file, max_samples=3, cache_dir=str(tmp_path / "hf"))
+    assert eval_set.image_ids == [10, 11, 12] and eval_set.references[0] == CAPTIONS[:2]
+    assert list(eval_set.images) == image_files[:3]
+
+    no_images = _write_jsonl(tmp_path / "no_images.jsonl", [{"image_id": 1, "captions": ["a dog"]}])
+    with pytest.raises(ValueError, match=r"no image column: none of \['image', 'image_path'"):
+        load_eval_set(no_images, cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="eval image column 'picture' is not in"):
+        load_eval_set(eval_file, image_column="picture", cache_dir=str(tmp_path / "hf"))
+    missing = _write_jsonl(
+        tmp_path / "missing.jsonl", [{"image_path": str(tmp_path / "nope.png"), "captions": ["a"]}]
+    )
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_eval_set(missing, cache_dir=str(tmp_path / "hf"))

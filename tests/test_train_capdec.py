@@ -1,0 +1,307 @@
+"""train_capdec.py end to end with tiny CLIP / GPT-2 folders: training, saving, resuming, accelerate, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec.evaluation_capdec import caption_images
+from tests.tiny_models import CAPTIONS, tiny_model, tiny_processor
+from train_capdec import main, parse_arguments
+
+REPO = Path(__file__).resolve().parents[1]
+# One intra-op thread: on a shared 2-core machine two threads contend with the other jobs, and the tiny models'
+# steps get tens of times slower (measured: 24 steps in 0.6 s with one thread, 25 s with two under load).
+SUBPROCESS_ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": str(REPO),
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory) -> SimpleNamespace:
+    """Tiny CLIP and GPT-2 folders (what --clip_model / --decoder_model point at), a corpus and an eval set."""
+    root = tmp_path_factory.mktemp("train_parts")
+    processor = tiny_processor()
+    model = tiny_model(processor)
+    model.clip.save_pretrained(root / "clip")
+    processor.image_processor.save_pretrained(root / "clip")
+    processor.clip_tokenizer.save_pretrained(root / "clip")
+    model.decoder.save_pretrained(root / "gpt2")
+    processor.tokenizer.save_pretrained(root / "gpt2")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"caption": c}) + "\n" for c in CAPTIONS))
+    rng = np.random.default_rng(0)
+    eval_rows = []
+    for index in range(4):
+        path = root / f"image{index}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+        eval_rows.append(
+            {"image_id": index, "image_path": str(path), "captions": CAPTIONS[index : index + 2]}
+        )
+    (root / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in eval_rows))
+    return SimpleNamespace(
+        root=root,
+        clip=str(root / "clip"),
+        gpt2=str(root / "gpt2"),
+        corpus=str(root / "corpus.jsonl"),
+        eval=str(root / "eval.jsonl"),
+    )
+
+
+def cli(parts: SimpleNamespace, output_dir: Path, *extra: str) -> list[str]:
+    """Arguments of a tiny run; the paths of the tmp folders hold no spaces, so a split string reads best."""
+    return [
+        *f"--clip_model {parts.clip} --decoder_model {parts.gpt2} --train_file {parts.corpus}".split(),
+        *f"--output_dir {output_dir} --cache_dir {parts.root / 'cache'}".split(),
+        *"--prefix_length 4 --clip_length 4 --num_mapping_layers 2 --per_device_train_batch_size 4".split(),
+        *"--learning_rate 1e-2 --optim adamw_torch --seed 0 --disable_tqdm true --dataloader_pin_memory false".split(),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(parts, tmp_path_factory) -> SimpleNamespace:
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    trainer = main(
+        cli(parts, output_dir, *"--max_steps 24 --logging_steps 1 --save_strategy no".split())
+        + f"--eval_file {parts.eval} --eval_metrics BLEU CIDEr --eval_strategy steps --eval_steps 12".split()
+        + "--metric_for_best_model CIDEr --generation_max_length 8".split()
+    )
+    return SimpleNamespace(trainer=trainer, output_dir=output_dir)
+
+
+def test_loss_goes_down(run):
+    losses = [entry["loss"] for entry in run.trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 24
+    start, end = np.mean(losses[:3]), np.mean(losses[-3:])
+    print(f"loss: first 3 steps {start:.3f}, last 3 steps {end:.3f}")
+    assert end < 0.7 * start
+
+
+def test_eval_metrics_are_logged(run):
+    evals = [entry for entry in run.trainer.state.log_history if "eval_CIDEr" in entry]
+    assert [entry["step"] for entry in evals] == [12, 24] and "eval_BLEU-4" in evals[0]
+    eval_results = json.loads((run.output_dir / "eval_results.json").read_text())
+    assert {"eval_CIDEr", "eval_BLEU-1"} <= set(eval_results)
+    predictions = json.loads((run.output_dir / "eval_predictions.json").read_text())
+    assert [entry["image_id"] for entry in predictions] == [0, 1, 2, 3]
+
+
+def test_saved_folder_has_a_filled_model_card_and_captions(run, image_files):
+    card = (run.output_dir / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "$" not in card
+    for expected in ("corpus.jsonl", "ε = 0.016 (std 0.126)", "transformer, 2 layers", "| BLEU-1 |", "Bias"):
+        assert expected in card
+    model = CapDecForConditionalGeneration.from_pretrained(run.output_dir)
+    processor = CapDecProcessor.from_pretrained(run.output_dir)
+    assert model.config.noise_variance == 0.016 and model.config.prefix_length == 4
+    trained = run.trainer.model.clip_project.state_dict()
+    for name, tensor in model.clip_project.state_dict().items():
+        torch.testing.assert_close(tensor, trained[name].cpu())
+    captions = caption_images(model, processor, image_files[:2], max_new_tokens=8)
+    assert len(captions) == 2 and all(isinstance(caption, str) for caption in captions)
+    assert (run.output_dir / "modeling_capdec.py").is_file()  # Hub-ready: the code travels with the weights
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(parts, tmp_path):
+    def arguments(output_dir: Path) -> list[str]:
+        # 30 captions in batches of 4: 8 steps per epoch, so checkpoint-10 lies in the second epoch (whose noise
+        # differs from the first's) and the resumed run crosses no epoch boundary it has not seen.
+        return cli(parts, output_dir, "--max_steps", "14", "--save_steps", "10", "--logging_steps", "2")
+
+    # The killed run sleeps in every step so the kill lands mid-training, after checkpoint-10 and before the end.
+    slow_main = (
+        "import sys, time\n"
+        "import train_capdec\n"
+        "step = train_capdec.CapDecTrainer.training_step\n"
+        "train_capdec.CapDecTrainer.training_step = lambda self, *a, **k: (time.sleep(0.5), step(self, *a, **k))[1]\n"
+        "train_capdec.main(sys.argv[1:])\n"
+    )
+    killed_dir = tmp_path / "killed"
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", slow_main, *arguments(killed_dir)],
+            cwd=REPO,
+            env=SUBPROCESS_ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 240
+        while not (killed_dir / "checkpoint-10" / "trainer_state.json").exists():  # written last
+            assert process.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+            assert time.time() < deadline, "no checkpoint-10 after 240 s"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed_dir / "model.safetensors").exists()  # it never reached the end
+
+    main(arguments(killed_dir) + ["--resume_from_checkpoint", str(killed_dir / "checkpoint-10")])
+    reference_dir = tmp_path / "reference"
+    main(arguments(reference_dir))
+
+    resumed, reference = (
+        load_file(killed_dir / "model.safetensors"),
+        load_file(reference_dir / "model.safetensors"),
+    )
+    assert resumed.keys() == reference.keys()
+    difference = max((resumed[name] - reference[name]).abs().max().item() for name in reference)
+    print(f"resumed vs uninterrupted: max |weight difference| = {difference:.3g}")
+    # Data order (seeded sampler), dropout (Trainer's saved RNG state) and the noise (a function of seed, epoch
+    # and example id) all replay exactly, so the weights match to the bit.
+    assert difference == 0.0
+
+
+def test_accelerate_launch_two_processes(parts, tmp_path):
+    # accelerate 1.15's `launch --cpu --num_processes 2` starts ONE process (several CPU processes need mpirun);
+    # `--multi_gpu` starts two with torchrun, and `--use_cpu` makes them a gloo process group on a CPU machine.
+    output_dir, cache_dir = tmp_path / "ddp", tmp_path / "cache"
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    command = [accelerate, *"launch --multi_gpu --num_processes 2 train_capdec.py".split()]
+    command += cli(parts, output_dir, *"--max_steps 2 --save_strategy no --use_cpu".split())
+    command += f"--cache_dir {cache_dir} --eval_file {parts.eval} --eval_metrics BLEU".split()
+    result = subprocess.run(
+        command, cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    card = (output_dir / "README.md").read_text()
+    assert "4 per device × 2 processes" in card  # the card records the world size
+    # Process 0 embedded the corpus; process 1 waited and found the same fingerprint, so one cache file exists.
+    assert len(list(cache_dir.glob("embeds-*.arrow"))) == 1
+    # Each process captioned half of the eval images; the gathered predictions keep the eval set's order.
+    predictions = json.loads((output_dir / "eval_predictions.json").read_text())
+    assert [entry["image_id"] for entry in predictions] == [0, 1, 2, 3]
+    assert json.loads((output_dir / "all_results.json").read_text())["eval_BLEU-1"] >= 0
+    assert (output_dir / "model.safetensors").is_file()
+
+
+def test_recipes_parse():
+    recipes = sorted((REPO / "configuration").glob("*.json"))
+    paper_runs = {
+        "coco_text_only",
+        "coco_supervised",
+        "flickr30k_text_only",
+        "flickrstyle_romantic",
+        "flickrstyle_humorous",
+    } | {f"noise_sweep_eps{eps}" for eps in ("0", "0.001", "0.004", "0.016", "0.064")}
+    assert paper_runs <= {recipe.stem for recipe in recipes}
+    for recipe in recipes:  # every recipe in the folder, also those of other tools (demo)
+        parse_arguments([str(recipe)])
+    model_args, data_args, noise_args, args = parse_arguments(
+        [str(REPO / "configuration" / "coco_text_only.json"), "--max_steps", "3"]
+    )
+    assert (model_args.clip_model, model_args.decoder_model, model_args.mapping_type) == (
+        "openai/clip-vit-base-patch32",
+        "gpt2",
+        "transformer",
+    )
+    assert (model_args.prefix_length, model_args.clip_length, model_args.num_mapping_layers) == (40, 40, 8)
+    assert (args.learning_rate, args.warmup_steps, args.num_train_epochs) == (2e-5, 5000, 10)
+    assert (args.per_device_train_batch_size, noise_args.noise_variance, args.max_steps) == (40, 0.016, 3)
+    assert args.remove_unused_columns is False
+
+
+def test_recipe_errors(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("_comment: fine\nclip_model: a\nlerning_rate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['lerning_rate'\]"):
+        parse_arguments([str(recipe)])
+    with pytest.raises(FileNotFoundError, match="Recipe not found"):
+        parse_arguments([str(tmp_path / "missing.json")])
+
+
+def test_input_errors(parts, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FileNotFoundError, match="nothing_here.jsonl"):
+        main(cli(parts, out) + ["--train_file", str(tmp_path / "nothing_here.jsonl")])
+    with pytest.raises(
+        ValueError, match=r"caption column 'text' is not in the corpus; its columns are \['caption'\]"
+    ):
+        main(cli(parts, out, "--caption_column", "text", "--max_steps", "1"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"caption": ""}\n{"caption": "   "}\n')
+    with pytest.raises(
+        ValueError, match=r"empty after cleaning: all 2 captions of 2 rows were dropped \(2 empty"
+    ):
+        main(cli(parts, out, "--max_steps", "1") + ["--train_file", str(empty)])
+    no_images = tmp_path / "no_images.jsonl"
+    no_images.write_text('{"image_id": 1, "captions": ["a dog"]}\n')
+    with pytest.raises(ValueError, match="no image column"):
+        main(cli(parts, out, "--eval_file", str(no_images)))
+    with pytest.raises(ValueError, match="eval_strategy='steps' needs an eval set"):
+        main(cli(parts, out, "--eval_strategy", "steps"))
+    with pytest.raises(FileNotFoundError, match="Checkpoint folder not found"):
+        main(cli(parts, out, "--max_steps", "1", "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")))
+
+
+def test_supervised_mode_trains_on_image_embeddings_without_noise(parts, tmp_path):
+    output_dir = tmp_path / "supervised"
+    trainer = main(
+        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--mode", "supervised")
+        + ["--train_file", parts.eval, "--caption_column", "captions", "--image_column", "image_path"]
+    )
+    assert trainer.state.global_step == 2 and trainer.data_collator.adds_noise is False
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["noise_variance"] == 0.0  # the ClipCap reference: no noise on image embeddings
+    assert "supervised on CLIP image embeddings" in (output_dir / "README.md").read_text()
+
+
+def test_continue_from_a_capdec_folder_embedding_on_the_fly(run, parts, tmp_path):
+    output_dir = tmp_path / "continued"
+    trainer = main(
+        f"--init_from {run.output_dir} --train_file {parts.corpus} --output_dir {output_dir}".split()
+        + f"--cache_dir {parts.root / 'cache'} --embed_on_the_fly --no_train_decoder --max_steps 2".split()
+        + "--per_device_train_batch_size 4 --save_strategy no --disable_tqdm true --dataloader_pin_memory false".split()
+    )
+    model = trainer.model
+    assert trainer.state.global_step == 2 and model.config.prefix_length == 4
+    assert not any(param.requires_grad for param in model.decoder.parameters())  # only_prefix
+    before = CapDecForConditionalGeneration.from_pretrained(run.output_dir)
+    torch.testing.assert_close(model.decoder.state_dict(), before.decoder.state_dict())
+    mapper_change = max(
+        (model.clip_project.state_dict()[name] - value).abs().max().item()
+        for name, value in before.clip_project.state_dict().items()
+    )
+    assert mapper_change > 0
+    with pytest.raises(ValueError, match=r"fixes the architecture; do not also set \['prefix_length'\]"):
+        main(f"--init_from {run.output_dir} --train_file {parts.corpus} --prefix_length 8".split())
+
+
+def test_modality_offset_files(parts, tmp_path):
+    from safetensors.numpy import save_file
+
+    from modeling_capdec import load_modality_offset
+
+    vector = np.linspace(-1, 1, 16)
+    np.save(tmp_path / "offset.npy", vector)
+    (tmp_path / "offset.json").write_text(json.dumps({"modality_offset": vector.tolist()}))
+    save_file({"modality_offset": vector.astype(np.float32)}, str(tmp_path / "offset.safetensors"))
+    for name in ("offset.npy", "offset.json", "offset.safetensors"):
+        np.testing.assert_allclose(load_modality_offset(tmp_path / name), vector, rtol=1e-6)
+    np.save(tmp_path / "short.npy", vector[:3])
+    with pytest.raises(ValueError, match="modality offset has 3 values, expected 16"):
+        main(cli(parts, tmp_path / "out", "--modality_offset_file", str(tmp_path / "short.npy")))
