@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -39,9 +40,15 @@ METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", default=str(REPO / "demo_outputs"), help="where everything is written")
-    parser.add_argument("--full", action="store_true", help="also the supervised reference and the noise sweep")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--output_dir", default=str(REPO / "demo_outputs"), help="where everything is written"
+    )
+    parser.add_argument(
+        "--full", action="store_true", help="also the supervised reference and the noise sweep"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and a few steps (CI)")
     parser.add_argument("--clip", default=str(TINY_CLIP), help="the CLIP folder (default: the committed one)")
     parser.add_argument("--max_steps", type=int, default=None, help="training steps per run (recipe default)")
@@ -83,8 +90,13 @@ def build_decoder_init(folder: Path, captions: list[str], seed: int) -> Path:
     tokenizer = train_gpt2_tokenizer(captions)
     torch.manual_seed(seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=128, n_layer=2, n_head=4,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=128,
+        n_layer=2,
+        n_head=4,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     GPT2LMHeadModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -95,8 +107,14 @@ def build_decoder_init(folder: Path, captions: list[str], seed: int) -> Path:
 def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[str, float]:
     """Run `train_capdec.py` once per entry, `jobs` at a time with one thread each, and show one progress bar
     per run (read from each run's log). Returns the wall time of each run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     pending = list(runs.items())
     active: dict[str, tuple[subprocess.Popen, Path, tqdm, float]] = {}
     durations: dict[str, float] = {}
@@ -106,8 +124,13 @@ def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[
             name, arguments = pending.pop(0)
             log = output_dir / f"train_{name}.log"
             handle = log.open("w")
-            process = subprocess.Popen([sys.executable, str(REPO / "train_capdec.py"), *arguments],
-                                       stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            process = subprocess.Popen(
+                [sys.executable, str(REPO / "train_capdec.py"), *arguments],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+            )
             bar = tqdm(total=None, desc=f"train {name}", position=position, leave=True, unit="step")
             position += 1
             active[name] = (process, log, bar, time.time())
@@ -156,12 +179,19 @@ def nearest_caption_baseline(clip_dir: Path, corpus: list[str], images: list) ->
     processor = CLIPProcessor.from_pretrained(clip_dir)
     unique = sorted(set(corpus))
     with torch.no_grad():
-        text_embeds = torch.cat([
-            model.get_text_features(**processor(text=unique[i : i + 512], return_tensors="pt", padding=True)).pooler_output
-            for i in range(0, len(unique), 512)
-        ])
+        text_embeds = torch.cat(
+            [
+                model.get_text_features(
+                    **processor(text=unique[i : i + 512], return_tensors="pt", padding=True)
+                ).pooler_output
+                for i in range(0, len(unique), 512)
+            ]
+        )
         image_embeds = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
-    similarity = torch.nn.functional.normalize(image_embeds, dim=-1) @ torch.nn.functional.normalize(text_embeds, dim=-1).T
+    similarity = (
+        torch.nn.functional.normalize(image_embeds, dim=-1)
+        @ torch.nn.functional.normalize(text_embeds, dim=-1).T
+    )
     return [unique[i] for i in similarity.argmax(-1).tolist()]
 
 
@@ -169,7 +199,10 @@ def score(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     from modeling_capdec.metrics_capdec import compute_caption_metrics
 
     metrics = compute_caption_metrics(predictions, references)
-    exact = sum(p.strip().lower() in {r.strip().lower() for r in refs} for p, refs in zip(predictions, references, strict=True))
+    exact = sum(
+        p.strip().lower() in {r.strip().lower() for r in refs}
+        for p, refs in zip(predictions, references, strict=True)
+    )
     metrics["exact"] = exact / len(predictions)
     return metrics
 
@@ -185,7 +218,9 @@ def results_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def write_gallery(path: Path, images: list, captions: dict[str, list[str]], titles: list[str], cell: int = 144) -> None:
+def write_gallery(
+    path: Path, images: list, captions: dict[str, list[str]], titles: list[str], cell: int = 144
+) -> None:
     """A grid of test images (upscaled) with each run's caption under each image."""
     from PIL import Image, ImageDraw, ImageFont
 
@@ -201,8 +236,7 @@ def write_gallery(path: Path, images: list, captions: dict[str, list[str]], titl
         canvas.paste(image.resize((cell, cell), Image.NEAREST), (x + 60, y))
         lines = [titles[index]]
         for run, texts in captions.items():
-            words = f"{run}: {texts[index]}"
-            lines += [words[:44], words[44:88]]
+            lines += (textwrap.wrap(f"{run}: {texts[index]}", width=44) + ["", ""])[:2]
         for line_index, line in enumerate(lines):
             draw.text((x + 4, y + cell + 4 + 12 * line_index), line, fill="black", font=font)
     canvas.save(path)
@@ -243,7 +277,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("2/5 tiny CLIP and the decoder to start from")
     print(f"  CLIP: {args.clip}")
-    decoder_init = build_decoder_init(output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed)
+    decoder_init = build_decoder_init(
+        output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed
+    )
     print(f"  decoder: tiny GPT-2 in {decoder_init}")
 
     stage("3/5 text-only training (train_capdec.py)")
@@ -251,19 +287,42 @@ def main(argv: list[str] | None = None) -> dict:
     noise_levels = SWEEP if args.full else (0.016, 0.0)
     runs = {}
     for eps in noise_levels:
-        arguments = [str(RECIPE), "--clip_model", args.clip, "--decoder_model", str(decoder_init),
-                     "--dataset_dir", str(output_dir / "world"), "--noise_variance", str(eps),
-                     "--output_dir", str(output_dir / "runs" / f"eps_{eps:g}"), "--seed", str(args.seed),
-                     "--cache_dir", str(output_dir / "cache")]
+        arguments = [
+            str(RECIPE),
+            "--clip_model",
+            args.clip,
+            "--decoder_model",
+            str(decoder_init),
+            "--dataset_dir",
+            str(output_dir / "world"),
+            "--noise_variance",
+            str(eps),
+            "--output_dir",
+            str(output_dir / "runs" / f"eps_{eps:g}"),
+            "--seed",
+            str(args.seed),
+            "--cache_dir",
+            str(output_dir / "cache"),
+        ]
         if max_steps:
             arguments += ["--max_steps", str(max_steps)]
         runs[f"eps={eps:g}"] = arguments
     if args.full:
-        runs["supervised"] = [str(SUPERVISED_RECIPE), "--clip_model", args.clip, "--decoder_model",
-                              str(decoder_init), "--dataset_dir", str(output_dir / "world"),
-                              "--output_dir", str(output_dir / "runs" / "supervised"), "--seed", str(args.seed),
-                              "--cache_dir", str(output_dir / "cache")] + (
-                                  ["--max_steps", str(max_steps)] if max_steps else [])
+        runs["supervised"] = [
+            str(SUPERVISED_RECIPE),
+            "--clip_model",
+            args.clip,
+            "--decoder_model",
+            str(decoder_init),
+            "--dataset_dir",
+            str(output_dir / "world"),
+            "--output_dir",
+            str(output_dir / "runs" / "supervised"),
+            "--seed",
+            str(args.seed),
+            "--cache_dir",
+            str(output_dir / "cache"),
+        ] + (["--max_steps", str(max_steps)] if max_steps else [])
     durations = train_runs(runs, args.jobs, output_dir)
     for name, seconds in durations.items():
         print(f"  {name}: {seconds:.0f} s")
@@ -283,7 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
         split: nearest_caption_baseline(Path(args.clip), corpus, world[split]["image"][:]) for split in SPLITS
     }
     for name, by_split in tqdm(predictions.items(), desc="scoring"):
-        results[name] = {split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()}
+        results[name] = {
+            split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()
+        }
 
     stage("5/5 results")
     table = results_table(results)
@@ -304,14 +365,22 @@ def main(argv: list[str] | None = None) -> dict:
     write_gallery(output_dir / "gallery.png", gallery_images, gallery_captions, titles[:n])
     if args.full:
         plot_sweep(output_dir / "cider_vs_noise.png", results, seen.get("supervised"))
-    summary = {"results": results, "train_seconds": durations, "total_seconds": time.time() - start,
-               "smoke": args.smoke, "full": args.full, "clip": args.clip}
+    summary = {
+        "results": results,
+        "train_seconds": durations,
+        "total_seconds": time.time() - start,
+        "smoke": args.smoke,
+        "full": args.full,
+        "clip": args.clip,
+    }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=1))
-    print(f"\nwrote {output_dir / 'results.md'}, {output_dir / 'gallery.png'}"
-          + (f", {output_dir / 'cider_vs_noise.png'}" if args.full else "")
-          + f"  (total {time.time() - start:.0f} s)")
+    print(
+        f"\nwrote {output_dir / 'results.md'}, {output_dir / 'gallery.png'}"
+        + (f", {output_dir / 'cider_vs_noise.png'}" if args.full else "")
+        + f"  (total {time.time() - start:.0f} s)"
+    )
     return summary
 
 

@@ -30,4 +30,6 @@ def train_gpt2_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> GPT2To
     bpe.train_from_iterator(texts, trainer)
     trained = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in trained["merges"]]
-    return GPT2Tokenizer(vocab=dict(trained["vocab"]), merges=merges, unk_token=EOS, bos_token=EOS, eos_token=EOS)
+    return GPT2Tokenizer(
+        vocab=dict(trained["vocab"]), merges=merges, unk_token=EOS, bos_token=EOS, eos_token=EOS
+    )

@@ -14,7 +14,10 @@ def test_demo_smoke_run_completes(tmp_path):
     output = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, str(REPO / "demo" / "run_demo.py"), "--smoke", "--output_dir", str(output)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())
@@ -29,7 +32,7 @@ def test_demo_smoke_run_completes(tmp_path):
     for run in ("eps_0.016", "eps_0"):
         folder = output / "runs" / run
         assert (folder / "model.safetensors").exists() and (folder / "modeling_capdec.py").exists()
-        assert "{{" not in (folder / "README.md").read_text()
+        assert "${" not in (folder / "README.md").read_text()
     gallery = Image.open(output / "gallery.png")
     assert gallery.width > 500 and gallery.height > 300
     assert "| nearest caption | test_seen |" in (output / "results.md").read_text()
