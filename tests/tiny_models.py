@@ -1,10 +1,11 @@
 """Tiny random CLIP / GPT-2 / tokenizers built offline in about a second, for tests and quick checks."""
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPTokenizer, GPT2Config, GPT2Tokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from modeling_capdec import CapDecConfig, CapDecForConditionalGeneration, CapDecProcessor
+from processing.bpe_tokenizers import train_gpt2_tokenizer
+from processing.tiny_clip import train_clip_tokenizer
 
 CAPTIONS = [
     "a dog running on the beach",
@@ -22,44 +23,9 @@ CAPTIONS = [
 IMAGE_SIZE = 32
 
 
-def _train_bpe(texts: list[str], vocab_size: int, special: list[str], end_of_word_suffix: str | None = None):
-    if end_of_word_suffix is None:  # GPT-2 style: byte-level
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        extra = {"initial_alphabet": pre_tokenizers.ByteLevel.alphabet()}
-    else:  # CLIP style: words end with "</w>"
-        tokenizer = Tokenizer(models.BPE(end_of_word_suffix=end_of_word_suffix))
-        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-        extra = {"end_of_word_suffix": end_of_word_suffix}
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False, **extra)
-    tokenizer.train_from_iterator(texts, trainer)
-    model = tokenizer.model
-    vocab = tokenizer.get_vocab()
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in _merges(model)]
-    return vocab, merges
-
-
-def _merges(model) -> list:
-    import json
-
-    return json.loads(model.__getstate__())["merges"]
-
-
 def tiny_tokenizers(texts: list[str] = CAPTIONS) -> tuple[GPT2Tokenizer, CLIPTokenizer]:
-    vocab, merges = _train_bpe(texts, 300, ["<|endoftext|>"])
-    decoder_tokenizer = GPT2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        unk_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-    )
-    clip_vocab, clip_merges = _train_bpe(
-        [t.lower() for t in texts], 300, ["<|startoftext|>", "<|endoftext|>"], end_of_word_suffix="</w>"
-    )
-    clip_tokenizer = CLIPTokenizer(vocab=clip_vocab, merges=clip_merges)
-    clip_tokenizer.model_max_length = 32
-    return decoder_tokenizer, clip_tokenizer
+    """Byte-level BPE tokenizers trained on `texts`: GPT-2 style for the decoder, CLIP style for CLIP."""
+    return train_gpt2_tokenizer(texts, vocab_size=300), train_clip_tokenizer(texts, vocab_size=300)
 
 
 def tiny_clip_config(vocab_size: int = 300) -> CLIPConfig:
