@@ -1,0 +1,343 @@
+"""A tiny CLIP for the shapes world: its tokenizer, config, contrastive loss and evaluation.
+
+`demo/train_tiny_clip.py` uses these to train the CLIP that the offline CapDec demo starts from. The
+model is a plain `transformers.CLIPModel`; only its size, its locally trained BPE tokenizer and its
+pinned temperature are particular.
+
+Example:
+    >>> tokenizer = train_clip_tokenizer(["a small red circle on the left", "a large blue square at the top"])
+    >>> model = CLIPModel(tiny_clip_config(tokenizer))
+    >>> round(model.logit_scale.exp().item())
+    100
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from processing.shapes_world import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    all_captions,
+    caption_scene,
+    scene_attributes,
+    swap_objects,
+)
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+
+
+def train_clip_tokenizer(
+    captions: Iterable[str], vocab_size: int = 1000, model_max_length: int = 32
+) -> CLIPTokenizer:
+    """Trains a CLIP-style byte-level BPE tokenizer on `captions` and wraps it as a `CLIPTokenizer`.
+
+    The BPE is trained behind the very normaliser and pre-tokeniser that `CLIPTokenizer` builds, with
+    CLIP's `</w>` end-of-word suffix, so the learnt merges mean the same thing once wrapped. The
+    vocabulary holds all 256 byte symbols with and without `</w>`: an unknown symbol would become
+    `<|endoftext|>`, and CLIP's text model pools at the first `<|endoftext|>`. Training stops early
+    once every word of the corpus is a single token.
+
+    Example:
+        >>> tokenizer = train_clip_tokenizer(["a small red circle"] * 3)
+        >>> tokenizer.tokenize("a small red circle")
+        ['a</w>', 'small</w>', 'red</w>', 'circle</w>']
+    """
+    reference = CLIPTokenizer()
+    bpe = Tokenizer(models.BPE(unk_token=EOS, continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    bpe.normalizer = reference.backend_tokenizer.normalizer
+    bpe.pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=1,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    bpe.train_from_iterator(captions, trainer)
+    # Older `tokenizers` write a merge as "a b", newer ones as ["a", "b"].
+    merges = [
+        tuple(pair) if isinstance(pair, list) else tuple(pair.split(" "))
+        for pair in json.loads(bpe.to_str())["model"]["merges"]
+    ]
+    # The trainer numbers the alphabet in hash order, which changes from run to run; numbering the
+    # tokens ourselves (specials, bytes, bytes ending a word, then each merge's result) makes the
+    # same captions give the same ids, hence the same checkpoint.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = [BOS, EOS, *alphabet, *(symbol + "</w>" for symbol in alphabet), *(a + b for a, b in merges)]
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def tiny_clip_config(
+    tokenizer: CLIPTokenizer,
+    image_size: int = 48,
+    patch_size: int = 8,
+    hidden_size: int = 96,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    projection_dim: int = 64,
+    logit_scale: float = 100.0,
+) -> CLIPConfig:
+    """A small `CLIPConfig` for the shapes world, with token ids taken from `tokenizer`.
+
+    `logit_scale` is the fixed inverse temperature (100 as in trained CLIP); the config stores its
+    logarithm, as CLIP does.
+
+    Example:
+        >>> config = tiny_clip_config(train_clip_tokenizer(["a red circle"]), patch_size=6)
+        >>> config.vision_config.patch_size, config.projection_dim
+        (6, 64)
+    """
+    common = {
+        "hidden_size": hidden_size,
+        "intermediate_size": 4 * hidden_size,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads,
+        "projection_dim": projection_dim,
+    }
+    text_config = {
+        **common,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision_config = {**common, "image_size": image_size, "patch_size": patch_size}
+    return CLIPConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        projection_dim=projection_dim,
+        logit_scale_init_value=math.log(logit_scale),
+    )
+
+
+def tiny_clip_processor(tokenizer: CLIPTokenizer, image_size: int = 48) -> CLIPProcessor:
+    """A `CLIPProcessor` for `image_size` images (no resize in effect: the world renders at that size).
+
+    Example:
+        >>> processor = tiny_clip_processor(train_clip_tokenizer(["a red circle"]))
+        >>> processor(images=Image.new("RGB", (48, 48)), return_tensors="pt")["pixel_values"].shape
+        torch.Size([1, 3, 48, 48])
+    """
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def tokenize_paraphrases(
+    tokenizer: CLIPTokenizer, scenes: Sequence[Scene]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of every paraphrase of each scene, `(num_scenes, max_paraphrases, length)`, and the
+    number of paraphrases of each scene, `(num_scenes,)`; rows with fewer paraphrases repeat them.
+    Paraphrase k of a scene is `ids[scene, k]`, so a training step can draw one per image cheaply.
+
+    Example:
+        >>> from processing.shapes_world import ShapeObject
+        >>> scene = Scene((ShapeObject("circle", "red", "small", "left"),))
+        >>> ids, counts = tokenize_paraphrases(train_clip_tokenizer(all_captions(scene)), [scene])
+        >>> ids.shape[:2], counts.tolist()
+        (torch.Size([1, 6]), [6])
+    """
+    captions = [all_captions(scene) for scene in scenes]
+    most = max(len(options) for options in captions)
+    flat = [options[k % len(options)] for options in captions for k in range(most)]
+    ids = tokenizer(flat, padding="longest", return_tensors="pt")["input_ids"]
+    return ids.view(len(scenes), most, -1), torch.tensor([len(options) for options in captions])
+
+
+def soft_clip_loss(logits_per_image: torch.Tensor, scene_ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric contrastive loss whose targets treat every caption of the same scene as a positive.
+
+    With a small world, a batch often holds the same scene twice; CLIP's one-hot targets would push
+    an image away from a correct caption. The target of row i spreads evenly over the columns j with
+    `scene_ids[j] == scene_ids[i]` (the matrix is symmetric, so the text side uses it too). With all
+    ids distinct this is CLIP's loss.
+
+    Args:
+        logits_per_image: `(batch, batch)` scaled cosine similarities, image i against caption j.
+        scene_ids: `(batch,)` integer id of each pair's scene.
+
+    Example:
+        >>> logits = torch.tensor([[10.0, 10.0], [10.0, 10.0]])
+        >>> round(soft_clip_loss(logits, torch.tensor([7, 7])).item(), 4)  # both captions fit both images
+        0.6931
+    """
+    same_scene = (scene_ids[:, None] == scene_ids[None, :]).float()
+    targets = same_scene / same_scene.sum(dim=1, keepdim=True)
+    image_loss = torch.nn.functional.cross_entropy(logits_per_image, targets)
+    text_loss = torch.nn.functional.cross_entropy(logits_per_image.T, targets)
+    return (image_loss + text_loss) / 2
+
+
+@torch.inference_mode()
+def embed_images(
+    model: CLIPModel, processor: CLIPProcessor, images: Sequence[Image.Image], batch_size: int = 256
+) -> torch.Tensor:
+    """L2-normalised image embeddings, `(num_images, projection_dim)`.
+
+    Example:
+        >>> tokenizer = train_clip_tokenizer(["a red circle"])
+        >>> model = CLIPModel(tiny_clip_config(tokenizer))
+        >>> embed_images(model, tiny_clip_processor(tokenizer), [Image.new("RGB", (48, 48))]).shape
+        torch.Size([1, 64])
+    """
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        pixels = processor(images=list(images[start : start + batch_size]), return_tensors="pt")[
+            "pixel_values"
+        ]
+        chunks.append(model.get_image_features(pixel_values=pixels).pooler_output)
+    return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: CLIPModel, processor: CLIPProcessor, texts: Sequence[str], batch_size: int = 512
+) -> torch.Tensor:
+    """L2-normalised text embeddings, `(num_texts, projection_dim)`.
+
+    Example:
+        >>> tokenizer = train_clip_tokenizer(["a red circle"])
+        >>> model = CLIPModel(tiny_clip_config(tokenizer))
+        >>> embed_texts(model, tiny_clip_processor(tokenizer), ["a red circle", "a circle"]).shape
+        torch.Size([2, 64])
+    """
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = processor.tokenizer(
+            list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt"
+        )
+        chunks.append(model.get_text_features(**tokens).pooler_output)
+    return torch.nn.functional.normalize(torch.cat(chunks), dim=-1)
+
+
+def _attribute_variants(scene: Scene, attribute: str) -> tuple[list[Scene], int]:
+    """Scenes that differ from a one-object `scene` only in `attribute`, and the index of `scene`."""
+    obj = scene.objects[0]
+    values = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": POSITIONS}[attribute]
+    variants = [Scene((replace(obj, **{attribute: value}),)) for value in values]
+    return variants, values.index(getattr(obj, attribute))
+
+
+def evaluate_tiny_clip(
+    model: CLIPModel, processor: CLIPProcessor, images: Sequence[Image.Image], scenes: Sequence[Scene]
+) -> dict[str, float]:
+    """Measures a CLIP on rendered scenes; every caption used is a canonical caption (paraphrase 0).
+
+    - `recall_at_1`: image -> text retrieval among the distinct scenes of the sample; a hit when the
+      top caption describes the image's scene.
+    - `zero_shot_<attribute>` for shape, colour, size and position (one-object scenes): the image
+      ranks captions that differ only in that attribute; accuracy of the top one.
+    - `zero_shot_relation` (two-object scenes): the caption against the one with the objects swapped.
+    - `cos_image_caption`: mean cosine of an image and its own caption; `cos_paraphrases`: of two
+      paraphrases of a scene; `cos_image_image` / `cos_caption_caption`: of different scenes within
+      one modality (how narrow each modality's cone is); `centroid_distance`: between the means of
+      the normalised image embeddings and of their own captions' (the modality gap);
+      `modality_separability`: accuracy of telling image from caption embeddings by which side of the
+      mid-point between the centroids they fall, along the line joining them.
+
+    Example:
+        >>> import numpy as np
+        >>> from processing.shapes_world import render_scene, sample_scene
+        >>> rng = np.random.default_rng(0)
+        >>> scenes = [sample_scene(rng) for _ in range(8)]
+        >>> images = [render_scene(scene, 48, rng) for scene in scenes]
+        >>> tokenizer = train_clip_tokenizer([caption_scene(s, 0) for s in scenes])
+        >>> metrics = evaluate_tiny_clip(CLIPModel(tiny_clip_config(tokenizer)), tiny_clip_processor(tokenizer), images, scenes)
+        >>> 0.0 <= metrics["recall_at_1"] <= 1.0
+        True
+    """
+    model.eval()
+    image_embeds = embed_images(model, processor, images)
+    one_object = [i for i, scene in enumerate(scenes) if len(scene.objects) == 1]
+    two_objects = [i for i, scene in enumerate(scenes) if len(scene.objects) == 2]
+    distinct = list(dict.fromkeys(scenes))
+    variants = {
+        attribute: [_attribute_variants(scenes[i], attribute) for i in one_object]
+        for attribute in ("shape", "colour", "size", "position")
+    }
+    # Embed every caption needed once: attribute variants repeat across images.
+    needed = [caption_scene(scene, 0) for scene in distinct]
+    needed += [caption_scene(swap_objects(scenes[i]), 0) for i in two_objects]
+    needed += [caption_scene(scene, 1) for scene in scenes]
+    needed += [caption_scene(v, 0) for lists in variants.values() for options, _ in lists for v in options]
+    needed = list(dict.fromkeys(needed))
+    text_embeds = embed_texts(model, processor, needed)
+    row_of_text = {caption: row for row, caption in enumerate(needed)}
+
+    def captions_embeds(captions: list[str]) -> torch.Tensor:
+        return text_embeds[[row_of_text[caption] for caption in captions]]
+
+    caption_embeds = captions_embeds([caption_scene(scene, 0) for scene in distinct])
+    row_of_scene = {scene: row for row, scene in enumerate(distinct)}
+    own_rows = torch.tensor([row_of_scene[scene] for scene in scenes])
+    top = (image_embeds @ caption_embeds.T).argmax(dim=1)
+    # Distinct scenes have distinct canonical captions, so a hit is exactly top == own row.
+    metrics = {"num_images": len(scenes), "recall_at_1": (top == own_rows).float().mean().item()}
+
+    for attribute, per_image in variants.items():
+        hits = [
+            int((captions_embeds([caption_scene(v, 0) for v in options]) @ image_embeds[i]).argmax()) == truth
+            for i, (options, truth) in zip(one_object, per_image, strict=True)
+        ]
+        metrics[f"zero_shot_{attribute}"] = float(np.mean(hits)) if hits else float("nan")
+    if two_objects:
+        own = (
+            captions_embeds([caption_scene(scenes[i], 0) for i in two_objects]) * image_embeds[two_objects]
+        ).sum(-1)
+        swapped = (
+            captions_embeds([caption_scene(swap_objects(scenes[i]), 0) for i in two_objects])
+            * image_embeds[two_objects]
+        ).sum(-1)
+        metrics["zero_shot_relation"] = (own > swapped).float().mean().item()
+
+    own_captions = caption_embeds[own_rows]
+    second_paraphrases = captions_embeds([caption_scene(scene, 1) for scene in scenes])
+    off_diagonal = ~torch.eye(len(distinct), dtype=torch.bool)
+    first_image_of = {}
+    for i, scene in enumerate(scenes):
+        first_image_of.setdefault(scene, i)
+    distinct_images = image_embeds[[first_image_of[scene] for scene in distinct]]
+    # A single direction (between the centroids), thresholded half-way, tells the modalities apart.
+    gap_direction = image_embeds.mean(0) - own_captions.mean(0)
+    midpoint = (image_embeds.mean(0) + own_captions.mean(0)) / 2 @ gap_direction
+    separable = torch.cat([image_embeds @ gap_direction > midpoint, own_captions @ gap_direction <= midpoint])
+    metrics.update(
+        cos_image_caption=(image_embeds * own_captions).sum(-1).mean().item(),
+        cos_paraphrases=(own_captions * second_paraphrases).sum(-1).mean().item(),
+        cos_image_image=(distinct_images @ distinct_images.T)[off_diagonal].mean().item(),
+        cos_caption_caption=(caption_embeds @ caption_embeds.T)[off_diagonal].mean().item(),
+        centroid_distance=gap_direction.norm().item(),
+        modality_separability=separable.float().mean().item(),
+        logit_scale=model.logit_scale.exp().item(),
+    )
+    return metrics
+
+
+def scene_id_lookup(scenes: Sequence[Scene]) -> torch.Tensor:
+    """Integer ids, equal exactly for equal scenes (for `soft_clip_loss`), `(len(scenes),)`.
+
+    Example:
+        >>> from processing.shapes_world import ShapeObject
+        >>> s = Scene((ShapeObject("circle", "red", "small", "left"),))
+        >>> scene_id_lookup([s, s]).tolist()
+        [0, 0]
+    """
+    ids: dict = {}
+    return torch.tensor([ids.setdefault(scene_attributes(scene), len(ids)) for scene in scenes])

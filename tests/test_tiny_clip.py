@@ -1,0 +1,179 @@
+import doctest
+import importlib.util
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+import processing.shapes_world
+import processing.tiny_clip
+from processing.shapes_world import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapeObject,
+    caption_scene,
+    render_scene,
+    sample_scene,
+)
+from processing.tiny_clip import (
+    embed_images,
+    embed_texts,
+    scene_id_lookup,
+    soft_clip_loss,
+    tiny_clip_config,
+    tiny_clip_processor,
+    train_clip_tokenizer,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED_CLIP = REPO / "demo" / "tiny_clip"
+
+
+@pytest.mark.parametrize("module", [processing.shapes_world, processing.tiny_clip])
+def test_docstring_examples(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+
+
+@pytest.fixture(scope="module")
+def committed():
+    model = CLIPModel.from_pretrained(COMMITTED_CLIP).eval()
+    processor = AutoProcessor.from_pretrained(COMMITTED_CLIP)
+    return model, processor
+
+
+def test_committed_clip_loads_offline_and_is_small(committed):
+    model, processor = committed
+    assert isinstance(processor, CLIPProcessor)
+    assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-4)
+    assert model.config.vision_config.image_size == 48
+    size = sum(path.stat().st_size for path in COMMITTED_CLIP.iterdir())
+    assert size < 10 * 2**20
+    report = json.loads((COMMITTED_CLIP / "training_report.json").read_text())
+    assert report["test_seen"]["recall_at_1"] > 0.5
+
+
+def _other_colour_and_shape(scene: Scene, rng: np.random.Generator) -> Scene:
+    obj = scene.objects[0]
+    colour = rng.choice([c for c in COLOURS if c != obj.colour])
+    shape = rng.choice([s for s in SHAPES if s != obj.shape])
+    return Scene((ShapeObject(str(shape), str(colour), obj.size, obj.position),))
+
+
+def test_committed_clip_prefers_the_scenes_own_caption(committed):
+    model, processor = committed
+    rng = np.random.default_rng(1234)  # fresh scenes, not the training world's
+    scenes = [sample_scene(rng, p_two_objects=0.0) for _ in range(50)]
+    images = [render_scene(scene, 48, rng) for scene in scenes]
+    image_embeds = embed_images(model, processor, images)
+    own = embed_texts(model, processor, [caption_scene(scene, rng) for scene in scenes])
+    other = embed_texts(
+        model, processor, [caption_scene(_other_colour_and_shape(s, rng), rng) for s in scenes]
+    )
+    wins = ((image_embeds * own).sum(-1) > (image_embeds * other).sum(-1)).float().mean().item()
+    assert wins >= 0.8
+    # Colour alone would pass the check above; the weakest attribute, shape, must be seen too.
+    other_shape = [
+        Scene((replace(s.objects[0], shape=str(rng.choice([x for x in SHAPES if x != s.objects[0].shape]))),))
+        for s in scenes
+    ]
+    other = embed_texts(model, processor, [caption_scene(s, rng) for s in other_shape])
+    wins = ((image_embeds * own).sum(-1) > (image_embeds * other).sum(-1)).float().mean().item()
+    assert wins >= 0.7
+
+
+def test_tokenizer_round_trips_and_keeps_words_whole(tmp_path):
+    rng = np.random.default_rng(0)
+    captions = [caption_scene(sample_scene(rng), rng) for _ in range(300)]
+    tokenizer = train_clip_tokenizer(captions)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path)
+    batch = captions[:20] + ["an Unseen word, with punctuation!"]
+    assert reloaded(batch)["input_ids"] == tokenizer(batch)["input_ids"]
+    for word in (*SHAPES, *COLOURS, *SIZES, *POSITIONS):
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+    ids = tokenizer("a small red circle on the left")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    # Unseen symbols must not turn into <|endoftext|>, where CLIP pools the sentence.
+    assert tokenizer.eos_token_id not in tokenizer("qüx ~ zebra")["input_ids"][1:-1]
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "a small red circle on the left"
+    # The BPE trainer's internal numbering varies between runs; ours must not.
+    assert train_clip_tokenizer(captions).get_vocab() == tokenizer.get_vocab()
+
+
+def test_processor_round_trip(tmp_path):
+    tokenizer = train_clip_tokenizer(["a small red circle on the left"])
+    processor = tiny_clip_processor(tokenizer)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    a = processor(images=image, text="a red circle", return_tensors="pt")
+    b = reloaded(images=image, text="a red circle", return_tensors="pt")
+    assert a["pixel_values"].shape == (1, 3, 48, 48)
+    torch.testing.assert_close(a["pixel_values"], b["pixel_values"])
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()
+
+
+def test_soft_loss_is_clip_loss_when_scenes_are_distinct():
+    tokenizer = train_clip_tokenizer(["a small red circle on the left", "a large blue square at the top"])
+    model = CLIPModel(tiny_clip_config(tokenizer)).eval()
+    input_ids = tokenizer(["a small red circle on the left", "a large blue square at the top"], padding=True)
+    outputs = model(
+        input_ids=torch.tensor(input_ids["input_ids"]),
+        pixel_values=torch.randn(2, 3, 48, 48),
+        return_loss=True,
+    )
+    torch.testing.assert_close(soft_clip_loss(outputs.logits_per_image, torch.tensor([0, 1])), outputs.loss)
+
+
+def test_soft_loss_by_hand_with_a_repeated_scene():
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 3.0, 0.0], [1.0, 0.0, 1.0]])
+    scene_ids = torch.tensor([4, 9, 4])  # pairs 0 and 2 show the same scene
+    targets = torch.tensor([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    image_loss = -(targets * logits.log_softmax(dim=1)).sum(1).mean()
+    text_loss = -(targets * logits.T.log_softmax(dim=1)).sum(1).mean()
+    torch.testing.assert_close(soft_clip_loss(logits, scene_ids), (image_loss + text_loss) / 2)
+    a = Scene((ShapeObject("circle", "red", "small", "left"),))
+    b = Scene((ShapeObject("circle", "red", "small", "right"),))
+    assert scene_id_lookup([a, b, a]).tolist() == [0, 1, 0]
+
+
+def test_training_script_writes_a_loadable_checkpoint(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_tiny_clip", REPO / "demo" / "train_tiny_clip.py")
+    script = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the script's string annotations through sys.modules.
+    monkeypatch.setitem(sys.modules, spec.name, script)
+    spec.loader.exec_module(script)
+    args = script.TinyClipArguments(
+        output_dir=str(tmp_path),
+        num_train_texts=200,
+        num_train_pairs=64,
+        num_test=12,
+        max_steps=3,
+        warmup_steps=1,
+        batch_size=16,
+        log_every=1,
+    )
+    report = script.main(args)
+    assert set(report["test_heldout"]) >= {"recall_at_1", "zero_shot_shape", "centroid_distance"}
+    assert json.loads((tmp_path / "training_report.json").read_text())["arguments"]["max_steps"] == 3
+    model = CLIPModel.from_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert model.logit_scale.exp().item() == pytest.approx(100.0, rel=1e-4)
+    inputs = processor(
+        images=Image.new("RGB", (48, 48)), text=["a small red circle on the left"], return_tensors="pt"
+    )
+    assert model(**inputs).logits_per_image.shape == (1, 1)
+    # Seeded end to end: a second run writes the same weights and tokenizer.
+    script.main(replace(args, output_dir=str(tmp_path / "again")))
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (tmp_path / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
