@@ -32,7 +32,6 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(args.num_images, 3, image_size, image_size, generator=generator)
     pixel_values = pixel_values.to(args.device, dtype)
-    eos = model.generation_config.eos_token_id
     # min_new_tokens keeps every caption at full length, so both sides do the same number of steps.
     tokens = args.max_new_tokens
     fast = dict(max_new_tokens=tokens, min_new_tokens=tokens)
@@ -46,16 +45,32 @@ def main() -> None:
     no_eos = -1  # the baselines never stop early either
     rows = []
     t_fast = median(time_call(batched_greedy, args.device, args.repeats))
-    t_slow = median(time_call(lambda: uncached_greedy(model, pixel_values, tokens, no_eos), args.device,
-                              args.repeats, warmup=0))
+    t_slow = median(
+        time_call(
+            lambda: uncached_greedy(model, pixel_values, tokens, no_eos), args.device, args.repeats, warmup=0
+        )
+    )
     rows.append({"decoding": "greedy", "baseline_s": t_slow, "ours_s": t_fast, "speedup": t_slow / t_fast})
     t_fast_beam = median(time_call(batched_beam, args.device, args.repeats))
-    t_slow_beam = median(time_call(
-        lambda: uncached_beam_search(model, pixel_values, args.num_beams, tokens, no_eos), args.device,
-        args.repeats, warmup=0))
-    rows.append({"decoding": f"beam{args.num_beams}", "baseline_s": t_slow_beam, "ours_s": t_fast_beam,
-                 "speedup": t_slow_beam / t_fast_beam})
-    report(f"1. captioning {args.num_images} images, {tokens} tokens: batched+cached vs paper loop", rows, args)
+    t_slow_beam = median(
+        time_call(
+            lambda: uncached_beam_search(model, pixel_values, args.num_beams, tokens, no_eos),
+            args.device,
+            args.repeats,
+            warmup=0,
+        )
+    )
+    rows.append(
+        {
+            "decoding": f"beam{args.num_beams}",
+            "baseline_s": t_slow_beam,
+            "ours_s": t_fast_beam,
+            "speedup": t_slow_beam / t_fast_beam,
+        }
+    )
+    report(
+        f"1. captioning {args.num_images} images, {tokens} tokens: batched+cached vs paper loop", rows, args
+    )
 
     # 2. distance to the limit: one teacher-forced forward over the final sequences (prefix + caption).
     sequences = batched_greedy()
@@ -65,8 +80,11 @@ def main() -> None:
             model(pixel_values=pixel_values, input_ids=sequences)
 
     t_limit = median(time_call(teacher_forced, args.device, args.repeats))
-    report("2. batched greedy generate vs one teacher-forced forward",
-           [{"generate_s": t_fast, "forward_s": t_limit, "ratio": t_fast / t_limit}], args)
+    report(
+        "2. batched greedy generate vs one teacher-forced forward",
+        [{"generate_s": t_fast, "forward_s": t_limit, "ratio": t_fast / t_limit}],
+        args,
+    )
 
 
 if __name__ == "__main__":

@@ -76,8 +76,20 @@ def report(name: str, rows: list[dict], args: argparse.Namespace) -> None:
     """Print a table and optionally append a JSON record."""
     print(f"\n## {name}  ({machine_description(args.device)}, {args.dtype}, median of {args.repeats})")
     for row in rows:
-        print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        print(
+            "  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
     if args.output:
         with open(args.output, "a") as handle:
-            handle.write(json.dumps({"benchmark": name, "device": machine_description(args.device),
-                                     "dtype": args.dtype, "quick": args.quick, "rows": rows}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "benchmark": name,
+                        "device": machine_description(args.device),
+                        "dtype": args.dtype,
+                        "quick": args.quick,
+                        "rows": rows,
+                    }
+                )
+                + "\n"
+            )

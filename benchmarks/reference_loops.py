@@ -50,7 +50,9 @@ def uncached_beam_search(
         lengths = torch.ones(1, device=sequence.device)
         stopped = torch.zeros(1, dtype=torch.bool, device=sequence.device)
         for _ in range(max_new_tokens):
-            logprobs = model.decoder(inputs_embeds=sequence, use_cache=False).logits[:, -1].float().log_softmax(-1)
+            logprobs = (
+                model.decoder(inputs_embeds=sequence, use_cache=False).logits[:, -1].float().log_softmax(-1)
+            )
             if scores is None:
                 scores, next_tokens = logprobs.topk(num_beams, -1)
                 sequence = sequence.expand(num_beams, -1, -1)

@@ -228,7 +228,9 @@ def test_batched_generation_equals_one_by_one(model, processor, images, num_beam
     pixel_values = processor(images=images)["pixel_values"]
     batched = model.generate(pixel_values=pixel_values, max_new_tokens=7, num_beams=num_beams)
     for index in range(len(images)):
-        single = model.generate(pixel_values=pixel_values[index : index + 1], max_new_tokens=7, num_beams=num_beams)
+        single = model.generate(
+            pixel_values=pixel_values[index : index + 1], max_new_tokens=7, num_beams=num_beams
+        )
         assert batched[index, : single.shape[1]].tolist() == single[0].tolist()
     assert len({tuple(row) for row in batched.tolist()}) > 1  # the captions depend on the image
 
