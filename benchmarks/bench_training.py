@@ -100,7 +100,8 @@ def main() -> None:
             name: model(**{k: v.to(args.device) for k, v in c(batches[0]).items()}).loss
             for name, c in collators.items()
         }
-    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    # Half precision: other sequence lengths take other attention kernels and reduction orders.
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(losses["dynamic"], losses["fixed"], atol=tolerance, rtol=tolerance)
 
     model.train()
