@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .noise_capdec import inject_noise
+from .noise_capdec import inject_noise, sample_noise
 
 # The dataset column that names each example for its noise (written by `data_capdec.prepare_training_dataset`).
 EXAMPLE_ID_COLUMN = "example_id"
@@ -184,17 +184,23 @@ class CapDecDataCollator:
             )
         if len(example_ids) != len(clip_embeds):
             raise ValueError(f"{len(example_ids)} example ids for {len(clip_embeds)} embeddings.")
-        rows = [
-            inject_noise(
-                clip_embeds[index : index + 1],
-                self.noise_variance,
-                self.noise_type,
-                self.modality_offset,
-                generator=example_noise_generator(self.seed, self.epoch, example_id),
+        noise = None
+        if self.noise_variance > 0:
+            # Only the draws are per example; the arithmetic runs once on the whole batch.
+            noise = torch.cat(
+                [
+                    sample_noise(
+                        (1, clip_embeds.shape[-1]),
+                        self.noise_variance,
+                        self.noise_type,
+                        generator=example_noise_generator(self.seed, self.epoch, example_id),
+                    )
+                    for example_id in example_ids
+                ]
             )
-            for index, example_id in enumerate(example_ids)
-        ]
-        return torch.cat(rows)
+        return inject_noise(
+            clip_embeds, self.noise_variance, self.noise_type, self.modality_offset, noise=noise
+        )
 
     def _get(self, feature: dict[str, Any], key: str, index: int) -> Any:
         if key not in feature:

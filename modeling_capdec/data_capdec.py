@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Bump when a stage's output changes for the same inputs, so that old cache files are not reused.
 CACHE_VERSION = "capdec-data-1"
+# Captions sorted by length together before embedding, in units of embedding_batch_size (see embed_captions).
+LENGTH_SORT_WINDOW = 16
 FILE_BUILDERS = {
     ".json": "json",
     ".jsonl": "json",
@@ -488,13 +490,16 @@ def prepare_training_dataset(
         _finish_batch,
         batched=True,
         with_indices=True,
-        batch_size=embedding_batch_size,
+        # Map batches of many forwards, so that sorting by length inside one (embed_captions) finds captions
+        # of like length to batch together; the rows are written back in corpus order.
+        batch_size=embedding_batch_size * LENGTH_SORT_WINDOW,
         fn_kwargs={
             "model": model,
             "processor": processor,
             "mode": mode,
             "embed_on_the_fly": embed_on_the_fly,
             "device": device,
+            "forward_batch_size": embedding_batch_size,
         },
         remove_columns=cleaned.column_names,
         features=datasets.Features(final_features),
@@ -528,6 +533,7 @@ def _finish_batch(
     mode: str,
     embed_on_the_fly: bool,
     device: torch.device,
+    forward_batch_size: int,
 ) -> dict[str, Any]:
     keep = [i for i, reason in enumerate(batch["drop_reason"]) if not reason]
     output: dict[str, Any] = {
@@ -543,10 +549,33 @@ def _finish_batch(
     elif not keep:
         output["clip_embeds"] = []
     else:
-        clip_inputs = processor(clip_text=captions, return_tensors="pt").to(device)
-        embeds = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])
-        output["clip_embeds"] = embeds.float().cpu().numpy()
+        output["clip_embeds"] = embed_captions(captions, model, processor, forward_batch_size, device)
     return output
+
+
+@torch.no_grad()
+def embed_captions(
+    captions: list[str], model: Any, processor: Any, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Normalised CLIP text embeddings `(len(captions), clip_projection_dim)` float32 on the CPU, in the order given.
+
+    The forwards run `batch_size` captions at a time in order of length: each forward pads only to its own
+    longest caption, so a batch of 5-token captions does not pay for one 30-token caption among them.
+    """
+    lengths = [
+        len(ids)
+        for ids in processor.clip_tokenizer(captions, truncation=True, max_length=processor.clip_max_length)[
+            "input_ids"
+        ]
+    ]
+    by_length = sorted(range(len(captions)), key=lengths.__getitem__)
+    embeds = torch.empty(len(captions), model.config.clip_projection_dim)
+    for start in range(0, len(by_length), batch_size):
+        rows = by_length[start : start + batch_size]
+        clip_inputs = processor(clip_text=[captions[i] for i in rows], return_tensors="pt").to(device)
+        batch = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])
+        embeds[rows] = batch.float().cpu()
+    return embeds
 
 
 def _embed_images(
@@ -605,6 +634,7 @@ def _embed_images(
 __all__ = [
     "CleaningReport",
     "count_cleaning",
+    "embed_captions",
     "load_dataset_source",
     "load_eval_set",
     "prepare_training_dataset",

@@ -13,6 +13,7 @@ def inject_noise(
     noise_type: str = "gaussian",
     modality_offset: torch.Tensor | Sequence[float] | None = None,
     generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Noise a batch of CLIP embeddings as in CapDec (Nukrai et al. 2022, Sec. 3):
 
@@ -28,6 +29,7 @@ def inject_noise(
         noise_type: `"gaussian"` or `"uniform"`.
         modality_offset: optional `(dim,)` vector added after the noise.
         generator: a `torch.Generator` for reproducible noise.
+        noise: the `(batch, dim)` noise $n$ already drawn (by [`sample_noise`]), instead of drawing it here.
 
     Returns:
         `(batch, dim)` unit-norm embeddings, in the dtype of `embeds`.
@@ -51,22 +53,36 @@ def inject_noise(
     x = F.normalize(embeds.float(), dim=-1)
     if variance == 0 and modality_offset is None:
         return x.to(dtype)
-    std = math.sqrt(variance)
-    # Draw on the generator's device (a CPU generator cannot fill a CUDA tensor), then move.
-    noise_device = generator.device if generator is not None else x.device
     if variance > 0:
-        if noise_type == "gaussian":
-            noise = torch.randn(x.shape, generator=generator, device=noise_device) * std
-        else:
-            noise = _uniform_ball(x.shape, std, generator, noise_device)
-        x = x + noise.to(x.device)
+        if noise is None:
+            # Draw on the generator's device (a CPU generator cannot fill a CUDA tensor), then move.
+            noise_device = generator.device if generator is not None else x.device
+            noise = sample_noise(x.shape, variance, noise_type, generator, noise_device)
+        elif noise.shape != x.shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, the embeddings {tuple(x.shape)}.")
+        x = x + noise.to(x.device, torch.float32)
     if modality_offset is not None:
         x = x + torch.as_tensor(modality_offset, dtype=x.dtype, device=x.device)
     return F.normalize(x, dim=-1).to(dtype)
 
 
+def sample_noise(
+    shape: Sequence[int],
+    variance: float,
+    noise_type: str = "gaussian",
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    r"""The noise $n$ of [`inject_noise`], float32 of `shape` `(..., dim)`: $\mathcal N(0, \epsilon I)$, or uniform
+    in the ball of radius $\sqrt\epsilon$ for `noise_type="uniform"`."""
+    std = math.sqrt(variance)
+    if noise_type == "gaussian":
+        return torch.randn(tuple(shape), generator=generator, device=device) * std
+    return _uniform_ball(torch.Size(shape), std, generator, device)
+
+
 def _uniform_ball(
-    shape: torch.Size, radius: float, generator: torch.Generator | None, device: torch.device
+    shape: torch.Size, radius: float, generator: torch.Generator | None, device: torch.device | str | None
 ) -> torch.Tensor:
     """Samples uniform in a `dim`-ball: an isotropic direction times radius * U^(1/dim)."""
     direction = F.normalize(torch.randn(shape, generator=generator, device=device), dim=-1)
@@ -74,4 +90,4 @@ def _uniform_ball(
     return direction * radius * u.pow(1.0 / shape[-1])
 
 
-__all__ = ["inject_noise"]
+__all__ = ["inject_noise", "sample_noise"]

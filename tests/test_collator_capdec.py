@@ -142,3 +142,14 @@ def test_bad_features_and_settings(processor):
         CapDecDataCollator(processor, noise_type="laplace")
     with pytest.raises(ValueError, match="mode='text' only"):
         CapDecDataCollator(processor, mode="supervised", embed_on_the_fly=True)
+
+
+def test_inject_noise_takes_drawn_noise_and_checks_its_shape():
+    from modeling_capdec.noise_capdec import inject_noise, sample_noise
+
+    embeds = torch.randn(3, DIM)
+    drawn = sample_noise((3, DIM), EPS, generator=torch.Generator().manual_seed(0))
+    expected = inject_noise(embeds, EPS, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(inject_noise(embeds, EPS, noise=drawn), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"noise has shape \(2, 512\), the embeddings \(3, 512\)"):
+        inject_noise(embeds, EPS, noise=torch.zeros(2, DIM))

@@ -124,6 +124,41 @@ def test_embeddings_are_cached_and_reused(model, processor, tmp_path, clip_calls
     assert clip_calls["text"] == 8 and not report.embeddings_from_cache
 
 
+def test_captions_are_embedded_in_length_sorted_batches_and_kept_in_corpus_order(
+    model, processor, tmp_path, monkeypatch
+):
+    short, long = "a dog", "a small brown dog runs on a green field"
+    captions = [long if i % 2 else f"{short} {i}" for i in range(8)]
+    widths = []
+    text_features = CLIPModel.get_text_features
+
+    def record_width(self, input_ids=None, **kwargs):
+        widths.append(input_ids.shape[1])
+        return text_features(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "get_text_features", record_width)
+    dataset, _ = prepare_training_dataset(
+        datasets.Dataset.from_dict({"caption": captions}),
+        model,
+        processor,
+        embedding_batch_size=4,
+        cache_dir=tmp_path,
+    )
+    # Two forwards: the four short captions together, then the four long ones (not short and long mixed).
+    lengths = [
+        len(ids)
+        for ids in processor(clip_text=captions, padding=False, return_tensors=None)["clip_input_ids"]
+    ]
+    assert max(lengths[0::2]) < min(lengths[1::2])
+    assert widths == [max(lengths[0::2]), max(lengths[1::2])]
+    monkeypatch.setattr(CLIPModel, "get_text_features", text_features)
+    for row, caption in enumerate(captions):
+        clip_inputs = processor(clip_text=caption, return_tensors="pt")
+        expected = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])[0]
+        torch.testing.assert_close(torch.as_tensor(dataset[row]["clip_embeds"]), expected, atol=1e-5, rtol=0)
+    assert list(dataset["example_id"]) == list(range(8))
+
+
 def test_embed_on_the_fly_keeps_text(model, processor, tmp_path, clip_calls):
     corpus = datasets.Dataset.from_dict({"caption": CAPTIONS[:3]})
     dataset, _ = prepare_training_dataset(corpus, model, processor, embed_on_the_fly=True, cache_dir=tmp_path)
