@@ -148,13 +148,15 @@ def load_eval_set(
     image_id_column: str | None = None,
     max_samples: int | None = None,
     cache_dir: str | None = None,
+    references_only: bool = False,
 ) -> Any:
     """Load an image-caption eval set, one row per image, as an `evaluation_capdec.CaptionEvalSet`.
 
     `image_column` holds images or image paths; without it the first of `IMAGE_COLUMN_CANDIDATES` present is
     used (`image_path` for `processing.karpathy` eval sets). `captions_column` holds the references (a list of
     strings, or one string). Ids come from `image_id_column`, else `image_id` when present, else row numbers.
-    Images stay lazy (decoded batch by batch while captioning); image paths must exist.
+    Images stay lazy (decoded batch by batch while captioning); image paths must exist. With
+    `references_only=True` no image column is needed or read (scoring a results file).
 
     Example:
 
@@ -171,7 +173,9 @@ def load_eval_set(
         eval_file, eval_dataset_dir, eval_dataset_name, split=split, cache_dir=cache_dir
     )
     columns = dataset.column_names
-    if image_column is None:
+    if references_only:
+        image_column = None
+    elif image_column is None:
         image_column = next((name for name in IMAGE_COLUMN_CANDIDATES if name in columns), None)
         if image_column is None:
             raise ValueError(
@@ -207,6 +211,8 @@ def load_eval_set(
             )
         references.append(refs)
     image_ids = list(dataset[image_id_column]) if image_id_column else list(range(len(dataset)))
+    if image_column is None:
+        return CaptionEvalSet(image_ids=image_ids, references=references, images=None)
     images = dataset[image_column]  # a lazy column
     if dataset.features[image_column] == datasets.Value("string"):
         for row, image_path in enumerate(images):

@@ -168,7 +168,8 @@ def load_caption_dataset(
     image_id_column: str | None = None,
     limit: int | None = None,
 ) -> CaptionEvalSet:
-    """Load an eval set from a `datasets` dataset with one row per image.
+    """Load an eval set from a `datasets` dataset with one row per image (`data_capdec.load_eval_set` for one
+    name-or-folder argument, as `evaluate_capdec.py` takes it).
 
     Args:
         name_or_path: a `save_to_disk` folder (a `DatasetDict` is indexed by `split`) or a name or folder for
@@ -186,47 +187,19 @@ def load_caption_dataset(
         >>> load_caption_dataset(folder, image_column=None).references_by_id()
         {5: ['a dog']}
     """
-    import datasets
+    from .data_capdec import load_eval_set
 
     is_saved = any(os.path.isfile(os.path.join(name_or_path, f)) for f in ("state.json", "dataset_dict.json"))
-    dataset = (
-        datasets.load_from_disk(name_or_path)
-        if is_saved
-        else datasets.load_dataset(name_or_path, split=split)
+    return load_eval_set(
+        eval_dataset_dir=name_or_path if is_saved else None,
+        eval_dataset_name=None if is_saved else name_or_path,
+        split=split,
+        image_column=image_column,
+        captions_column=captions_column,
+        image_id_column=image_id_column,
+        max_samples=limit,
+        references_only=image_column is None,
     )
-    if isinstance(dataset, datasets.DatasetDict):
-        if split not in dataset:
-            raise ValueError(f"No split {split!r} in {name_or_path}; splits: {list(dataset)}")
-        dataset = dataset[split]
-    for role, column in (
-        ("captions", captions_column),
-        ("image", image_column),
-        ("image id", image_id_column),
-    ):
-        if column is not None and column not in dataset.column_names:
-            raise ValueError(
-                f"The {role} column {column!r} is not in {name_or_path}; its columns are {dataset.column_names}."
-            )
-    if len(dataset) == 0:
-        raise ValueError(f"{name_or_path} (split {split!r}) has no rows: there is nothing to evaluate.")
-    if limit is not None:
-        dataset = dataset.select(range(min(limit, len(dataset))))
-
-    references = list(dataset[captions_column])
-    for row, refs in enumerate(references):
-        if not isinstance(refs, list) or not all(isinstance(ref, str) for ref in refs):
-            raise ValueError(
-                f"Row {row} of column {captions_column!r} holds {refs!r}; expected a list of reference strings."
-            )
-    if image_id_column is None and "image_id" in dataset.column_names:
-        image_id_column = "image_id"
-    image_ids = list(dataset[image_id_column]) if image_id_column else list(range(len(dataset)))
-    images = None
-    if image_column is not None:
-        images = dataset[image_column]  # a lazy column: images are decoded batch by batch
-        if dataset.features[image_column] == datasets.Value("string"):
-            _check_files_exist(list(images), image_ids)
-    return CaptionEvalSet(image_ids=image_ids, references=references, images=images)
 
 
 def _check_files_exist(paths: Sequence[str], image_ids: Sequence[ImageId]) -> None:
