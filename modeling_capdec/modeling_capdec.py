@@ -15,6 +15,7 @@ from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
 )
@@ -29,6 +30,9 @@ logger = logging.get_logger(__name__)
 
 # What a saved folder declares, so that it loads with trust_remote_code where this package is not installed.
 # (register_for_auto_class keeps one Auto class per class: the other entries are written here.)
+# Caption length when neither the call nor the generation config sets one: the original code's entry_length.
+DEFAULT_MAX_NEW_TOKENS = 67
+
 HUB_AUTO_MAP = {
     "AutoConfig": "configuration_capdec.CapDecConfig",
     "AutoModel": "modeling_capdec.CapDecForConditionalGeneration",
@@ -621,6 +625,20 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         )
 
     # -- generation ------------------------------------------------------------------------------------
+    def _default_max_new_tokens(self, input_length: int) -> int | None:
+        """The caption length when neither the call nor the generation config sets one: the original code's 67
+        tokens (transformers' generic default, max_length 20, would cut long COCO captions), within the decoder's
+        positions after `input_length` prefix and prompt positions. None when the generation config sets one."""
+        config = self.generation_config
+        if config.max_new_tokens is not None or config.max_length != GenerationConfig().max_length:
+            return None
+        text_config = self.config.text_config.get_text_config()
+        positions = getattr(text_config, "max_position_embeddings", None) or getattr(
+            text_config, "n_positions", None
+        )
+        room = positions - input_length if positions else DEFAULT_MAX_NEW_TOKENS
+        return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
+
     @torch.no_grad()
     def generate(
         self,
@@ -670,6 +688,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             prompt_embeds = self.get_input_embeddings()(input_ids).to(prefix_embeds.dtype)
             inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
             decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
+        if not any(key in generate_kwargs for key in ("max_new_tokens", "max_length", "generation_config")):
+            default = self._default_max_new_tokens(inputs_embeds.shape[1])
+            if default is not None:
+                generate_kwargs["max_new_tokens"] = default
         # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
         new_tokens = super().generate(
             inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs

@@ -223,6 +223,23 @@ def test_greedy_generate_equals_step_by_step_argmax(model, processor, images):
     assert torch.equal(generated, tokens)
 
 
+def test_caption_length_defaults_to_the_original_codes_67_tokens(model, processor, images):
+    from modeling_capdec.modeling_capdec import DEFAULT_MAX_NEW_TOKENS
+
+    pixel_values = processor(images=images[:1])["pixel_values"]
+    no_eos = {"bad_words_ids": [[processor.tokenizer.eos_token_id]]}  # so that only the length limit stops it
+    assert model.generate(pixel_values=pixel_values, **no_eos).shape == (1, DEFAULT_MAX_NEW_TOKENS) == (1, 67)
+    assert model.generate(pixel_values=pixel_values, max_new_tokens=5, **no_eos).shape == (1, 5)
+    model.generation_config.max_new_tokens = 9  # a saved generation config wins over the default
+    try:
+        assert model.generate(pixel_values=pixel_values, **no_eos).shape == (1, 9)
+    finally:
+        model.generation_config.max_new_tokens = None
+    # The default never runs past the decoder's positions.
+    positions = model.config.text_config.n_positions
+    assert model._default_max_new_tokens(positions - 10) == 10
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_batched_generation_equals_one_by_one(model, processor, images, num_beams):
     pixel_values = processor(images=images)["pixel_values"]
