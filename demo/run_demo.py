@@ -171,28 +171,26 @@ def caption_split(model_dir: Path, images: list, batch_size: int = 64) -> list[s
     return [output[0]["generated_text"] for output in outputs]
 
 
-def nearest_caption_baseline(clip_dir: Path, corpus: list[str], images: list) -> list[str]:
-    """No decoder: the training caption whose CLIP text embedding is nearest to the image's embedding."""
+def nearest_caption_baseline(
+    clip_dir: Path, corpus: list[str], images_by_split: dict[str, list]
+) -> dict[str, list[str]]:
+    """No decoder: for each image, the training caption whose CLIP text embedding is nearest to its embedding."""
     from transformers import CLIPModel, CLIPProcessor
+
+    from processing.tiny_clip import embed_images, embed_texts
 
     model = CLIPModel.from_pretrained(clip_dir).eval()
     processor = CLIPProcessor.from_pretrained(clip_dir)
     unique = sorted(set(corpus))
-    with torch.no_grad():
-        text_embeds = torch.cat(
-            [
-                model.get_text_features(
-                    **processor(text=unique[i : i + 512], return_tensors="pt", padding=True)
-                ).pooler_output
-                for i in range(0, len(unique), 512)
+    with torch.inference_mode():
+        text_embeds = embed_texts(model, processor, unique)  # once for every split
+        return {
+            split: [
+                unique[i]
+                for i in (embed_images(model, processor, images) @ text_embeds.T).argmax(-1).tolist()
             ]
-        )
-        image_embeds = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output
-    similarity = (
-        torch.nn.functional.normalize(image_embeds, dim=-1)
-        @ torch.nn.functional.normalize(text_embeds, dim=-1).T
-    )
-    return [unique[i] for i in similarity.argmax(-1).tolist()]
+            for split, images in images_by_split.items()
+        }
 
 
 def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -285,44 +283,21 @@ def main(argv: list[str] | None = None) -> dict:
     stage("3/5 text-only training (train_capdec.py)")
     max_steps = args.max_steps or (5 if args.smoke else None)
     noise_levels = SWEEP if args.full else (0.016, 0.0)
-    runs = {}
-    for eps in noise_levels:
-        arguments = [
-            str(RECIPE),
-            "--clip_model",
-            args.clip,
-            "--decoder_model",
-            str(decoder_init),
-            "--dataset_dir",
-            str(output_dir / "world"),
-            "--noise_variance",
-            str(eps),
-            "--output_dir",
-            str(output_dir / "runs" / f"eps_{eps:g}"),
-            "--seed",
-            str(args.seed),
-            "--cache_dir",
-            str(output_dir / "cache"),
-        ]
-        if max_steps:
-            arguments += ["--max_steps", str(max_steps)]
-        runs[f"eps={eps:g}"] = arguments
+    run_dirs: dict[str, Path] = {}
+
+    def run_arguments(name: str, recipe: Path, folder: str, *extra: str) -> list[str]:
+        run_dirs[name] = output_dir / "runs" / folder
+        arguments = [str(recipe), "--clip_model", args.clip, "--decoder_model", str(decoder_init)]
+        arguments += ["--dataset_dir", str(output_dir / "world"), "--output_dir", str(run_dirs[name])]
+        arguments += ["--seed", str(args.seed), "--cache_dir", str(output_dir / "cache"), *extra]
+        return arguments + (["--max_steps", str(max_steps)] if max_steps else [])
+
+    runs = {
+        f"eps={eps:g}": run_arguments(f"eps={eps:g}", RECIPE, f"eps_{eps:g}", "--noise_variance", str(eps))
+        for eps in noise_levels
+    }
     if args.full:
-        runs["supervised"] = [
-            str(SUPERVISED_RECIPE),
-            "--clip_model",
-            args.clip,
-            "--decoder_model",
-            str(decoder_init),
-            "--dataset_dir",
-            str(output_dir / "world"),
-            "--output_dir",
-            str(output_dir / "runs" / "supervised"),
-            "--seed",
-            str(args.seed),
-            "--cache_dir",
-            str(output_dir / "cache"),
-        ] + (["--max_steps", str(max_steps)] if max_steps else [])
+        runs["supervised"] = run_arguments("supervised", SUPERVISED_RECIPE, "supervised")
     durations = train_runs(runs, args.jobs, output_dir)
     for name, seconds in durations.items():
         print(f"  {name}: {seconds:.0f} s")
@@ -330,17 +305,11 @@ def main(argv: list[str] | None = None) -> dict:
     stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
     results: dict[str, dict[str, dict[str, float]]] = {}
     predictions: dict[str, dict[str, list[str]]] = {}
-    for name in runs:
-        model_dir = output_dir / "runs" / (name.replace("=", "_") if name != "supervised" else "supervised")
-        predictions[name] = {}
-        results[name] = {}
-        for split in SPLITS:
-            images = world[split]["image"][:]
-            predictions[name][split] = caption_split(model_dir, images)
+    images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run
+    for name, model_dir in run_dirs.items():
+        predictions[name] = {split: caption_split(model_dir, images[split]) for split in SPLITS}
     corpus = world["train_text"]["caption"][:]
-    predictions["nearest caption"] = {
-        split: nearest_caption_baseline(Path(args.clip), corpus, world[split]["image"][:]) for split in SPLITS
-    }
+    predictions["nearest caption"] = nearest_caption_baseline(Path(args.clip), corpus, images)
     for name, by_split in tqdm(predictions.items(), desc="scoring"):
         results[name] = {
             split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()
@@ -354,7 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nCIDEr test_seen, ε=0.016 / ε=0: {seen['eps=0.016'] / seen['eps=0']:.2f}×")
     if "supervised" in seen and seen["supervised"] > 0:
         print(f"CIDEr test_seen, ε=0.016 / supervised: {seen['eps=0.016'] / seen['supervised']:.2f}×")
-    gallery_images = world["test_seen"]["image"][:8] + world["test_heldout"]["image"][:4]
+    gallery_images = images["test_seen"][:8] + images["test_heldout"][:4]
     titles = [f"seen #{i}" for i in range(8)] + [f"held-out #{i}" for i in range(4)]
     gallery_captions = {
         name: predictions[name]["test_seen"][:8] + predictions[name]["test_heldout"][:4]
