@@ -568,18 +568,16 @@ def embed_captions(
     The forwards run `batch_size` captions at a time in order of length: each forward pads only to its own
     longest caption, so a batch of 5-token captions does not pay for one 30-token caption among them.
     """
-    lengths = [
-        len(ids)
-        for ids in processor.clip_tokenizer(captions, truncation=True, max_length=processor.clip_max_length)[
-            "input_ids"
-        ]
-    ]
-    by_length = sorted(range(len(captions)), key=lengths.__getitem__)
+    tokenizer = processor.clip_tokenizer
+    token_ids = tokenizer(captions, truncation=True, max_length=processor.clip_max_length)["input_ids"]
+    by_length = sorted(range(len(captions)), key=lambda i: len(token_ids[i]))
     embeds = torch.empty(len(captions), model.config.clip_projection_dim)
     for start in range(0, len(by_length), batch_size):
         rows = by_length[start : start + batch_size]
-        clip_inputs = processor(clip_text=[captions[i] for i in rows], return_tensors="pt").to(device)
-        batch = model.get_text_embeds(clip_inputs["clip_input_ids"], clip_inputs["clip_attention_mask"])
+        clip_inputs = tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt").to(
+            device
+        )
+        batch = model.get_text_embeds(clip_inputs["input_ids"], clip_inputs["attention_mask"])
         embeds[rows] = batch.float().cpu()
     return embeds
 
