@@ -18,10 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 env: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) demo/run_demo.py $(ARGS)
+	$(PY) -m demo.run_demo $(ARGS)
 
 demo-full: $(STAMP)
-	$(PY) demo/run_demo.py --full $(ARGS)
+	$(PY) -m demo.run_demo --full $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

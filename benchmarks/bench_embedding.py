@@ -22,8 +22,8 @@ from datasets import Dataset
 
 from benchmarks.captions import match_special_tokens, synthetic_captions, word_level_processor
 from benchmarks.common import base_parser, median, real_size_model, report, time_call
-from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor, prepare_training_dataset
-from modeling_capdec.data_capdec import LENGTH_SORT_WINDOW
+from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec.training.data import LENGTH_SORT_WINDOW, prepare_training_dataset
 
 
 @torch.no_grad()

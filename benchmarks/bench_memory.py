@@ -95,7 +95,7 @@ def load_prepared(folder: Path) -> tuple[Dataset, CapDecProcessor, bool]:
     Returns it, the processor and whether the embeddings came from the cache."""
     processor = word_level_processor()
     model = tiny_clip_model(processor)
-    source = load_dataset_source(data_file=folder / "captions.parquet", cache_dir=str(folder / "hf"))
+    source = load_dataset_source(folder / "captions.parquet", cache_dir=str(folder / "hf"))
     dataset, cleaning = prepare_training_dataset(
         source, model, processor, embedding_batch_size=BUILD_BATCH_SIZE, cache_dir=folder / "capdec"
     )

@@ -26,7 +26,8 @@ import torch
 
 from benchmarks.captions import match_special_tokens, synthetic_captions, word_level_processor
 from benchmarks.common import base_parser, median, real_size_model, report, synchronize
-from modeling_capdec import CapDecDataCollator, CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec.training.collator import CapDecDataCollator
 
 
 def caption_corpus(processor: CapDecProcessor, num_captions: int, projection_dim: int) -> list[dict]:

@@ -1,16 +1,16 @@
 """The offline CapDec demo: text-only captioning in a procedural shapes world, end to end.
 
-    make demo                        # = python demo/run_demo.py
-    python demo/run_demo.py --full   # + the supervised reference and the noise sweep, with a plot
-    python demo/run_demo.py --smoke  # a few steps and images: checks that everything runs
+    make demo                            # = python -m demo.run_demo (from the repository root)
+    python -m demo.run_demo --full       # + the supervised reference and the noise sweep, with a plot
+    python -m demo.run_demo --smoke      # a few steps and images: checks that everything runs
 
-1. Build the shapes world (`processing/shapes_world.py`): a caption corpus, image-caption pairs, and two test
+1. Build the shapes world (`demo/shapes_world.py`): a caption corpus, image-caption pairs, and two test
    sets (seen attribute combinations, and held-out colour+shape combinations).
 2. Start from the tiny CLIP committed in `demo/tiny_clip/` (trained by `demo/train_tiny_clip.py`).
 3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
    with noise ε = 0.016 and ε = 0 (side by side, one thread each).
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
-   caption toolkit (`modeling_capdec.metrics_capdec`), and compare with a no-decoder baseline that returns the
+   caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
    nearest training caption by CLIP similarity.
 5. Print a table, write `results.json` / `results.md`, and a gallery PNG of test images with both runs' captions.
 """
@@ -25,11 +25,10 @@ import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # `processing` and `modeling_capdec` from this checkout
+import torch
+from tqdm.auto import tqdm
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
@@ -65,7 +64,7 @@ def stage(message: str) -> None:
 def build_world(folder: Path, smoke: bool, seed: int):
     from datasets import load_from_disk
 
-    from processing.shapes_world import build_shapes_world
+    from demo.shapes_world import build_shapes_world
 
     sizes = dict(num_train_texts=400, num_train_pairs=200, num_test=12) if smoke else {}
     marker = folder / "demo_sizes.json"
@@ -83,7 +82,7 @@ def build_decoder_init(folder: Path, captions: list[str], seed: int) -> Path:
     that `train_capdec.py --decoder_model` loads like `gpt2`."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from processing.bpe_tokenizers import train_gpt2_tokenizer
+    from demo.bpe_tokenizers import train_gpt2_tokenizer
 
     if (folder / "config.json").exists():
         return folder
@@ -177,7 +176,7 @@ def nearest_caption_baseline(
     """No decoder: for each image, the training caption whose CLIP text embedding is nearest to its embedding."""
     from transformers import CLIPModel, CLIPProcessor
 
-    from processing.tiny_clip import embed_images, embed_texts
+    from demo.tiny_clip_model import embed_images, embed_texts
 
     model = CLIPModel.from_pretrained(clip_dir).eval()
     processor = CLIPProcessor.from_pretrained(clip_dir)
@@ -194,7 +193,7 @@ def nearest_caption_baseline(
 
 
 def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    from modeling_capdec.metrics_capdec import compute_caption_metrics
+    from modeling_capdec.evaluation.metrics import compute_caption_metrics
 
     metrics = compute_caption_metrics(predictions, references)
     exact = sum(

@@ -1,6 +1,6 @@
 """Trains the tiny CLIP of the offline shapes-world demo and saves it with its processor.
 
-    python demo/train_tiny_clip.py --output_dir demo/tiny_clip
+    python -m demo.train_tiny_clip --output_dir demo/tiny_clip
 
 builds the shapes world (seed 0, the demo's world) in memory, trains a BPE tokenizer on its captions,
 trains a `CLIPModel` contrastively on its `train_pairs` for a fixed number of steps with the logit
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,18 +25,15 @@ import numpy as np
 import torch
 from transformers import CLIPModel, HfArgumentParser, get_cosine_schedule_with_warmup, set_seed
 
-# `python demo/train_tiny_clip.py` puts demo/ first on the path; the helpers live in the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from processing.shapes_world import Scene, build_shapes_world  # noqa: E402
-from processing.tiny_clip import (  # noqa: E402
+from demo.bpe_tokenizers import train_clip_tokenizer
+from demo.shapes_world import Scene, build_shapes_world
+from demo.tiny_clip_model import (
     evaluate_tiny_clip,
     scene_id_lookup,
     soft_clip_loss,
     tiny_clip_config,
     tiny_clip_processor,
     tokenize_paraphrases,
-    train_clip_tokenizer,
 )
 
 

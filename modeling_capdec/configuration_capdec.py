@@ -24,15 +24,15 @@ class CapDecConfig(PreTrainedConfig):
         num_mapping_layers (`int`, 8): transformer-mapper blocks.
         num_mapping_heads (`int`, 8): attention heads of each mapper block.
         mapping_mlp_ratio (`float`, 2.0): hidden width of each mapper block's MLP, relative to the decoder width.
-        noise_variance (`float`, 0.016): ε, the variance of the noise added to the normalised text embedding
-            during training (std = sqrt(ε)). 0 disables noise.
-        noise_type (`"gaussian"` or `"uniform"`): Gaussian noise, or noise uniform in a ball of radius sqrt(ε).
         normalize_prefix (`bool`, True): L2-normalise the CLIP embedding before the mapper.
-        modality_offset (`list[float]`, optional): a vector added to the normalised text embedding in
-            training (e.g. mean image embedding minus mean text embedding). Its length must be the CLIP
-            projection size.
         train_decoder (`bool`, True): train the decoder as well as the mapper; False is the paper's
-            `only_prefix` setting.
+            `only_prefix` setting (the model then keeps the decoder frozen and in eval mode).
+
+    The training noise (ε, its type, a modality offset) is not part of the model: the training collator draws
+    it (`modeling_capdec.training`), and `train_capdec.py` records what it used in the saved config as
+    `training_noise` (metadata, read by nothing at inference) and in the model card. Folders saved before this
+    split, whose configs hold `noise_variance`/`noise_type`/`modality_offset`, still load: those keys are kept
+    as plain attributes.
 
     Example:
 
@@ -60,10 +60,7 @@ class CapDecConfig(PreTrainedConfig):
     num_mapping_layers: int = 8
     num_mapping_heads: int = 8
     mapping_mlp_ratio: float = 2.0
-    noise_variance: float = 0.016
-    noise_type: Literal["gaussian", "uniform"] = "gaussian"
     normalize_prefix: bool = True
-    modality_offset: list[float] | None = None
     train_decoder: bool = True
     tie_word_embeddings: bool = True
 
@@ -75,17 +72,10 @@ class CapDecConfig(PreTrainedConfig):
                 raise ValueError(f"CapDecConfig.{name} must be a positive integer, got {value}.")
         if self.mapping_mlp_ratio <= 0:
             raise ValueError(f"CapDecConfig.mapping_mlp_ratio must be > 0, got {self.mapping_mlp_ratio}.")
-        if not self.noise_variance >= 0:  # also rejects NaN
-            raise ValueError(f"CapDecConfig.noise_variance must be >= 0, got {self.noise_variance}.")
         if self.mapping_type == "transformer" and self.decoder_hidden_size % self.num_mapping_heads:
             raise ValueError(
                 f"CapDecConfig.num_mapping_heads ({self.num_mapping_heads}) must divide the decoder hidden size "
                 f"({self.decoder_hidden_size}) for the transformer mapper."
-            )
-        if self.modality_offset is not None and len(self.modality_offset) != self.clip_projection_dim:
-            raise ValueError(
-                f"CapDecConfig.modality_offset has {len(self.modality_offset)} values, expected "
-                f"{self.clip_projection_dim} (the CLIP projection size)."
             )
 
     @property

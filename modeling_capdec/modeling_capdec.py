@@ -24,7 +24,6 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput, logging
 
 from .configuration_capdec import CapDecConfig
-from .noise_capdec import inject_noise as noise_embeddings
 
 logger = logging.get_logger(__name__)
 
@@ -352,7 +351,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         Keyword arguments are routed like `VisionEncoderDecoderModel.from_encoder_decoder_pretrained`:
         `clip_*` go to the CLIP's `from_pretrained` (prefix removed), `decoder_*` to the decoder's,
         loading options such as `dtype`, `attn_implementation`, `cache_dir`, `local_files_only` to both,
-        and everything else (`mapping_type`, `prefix_length`, `clip_length`, `noise_variance`, ...) to
+        and everything else (`mapping_type`, `prefix_length`, `clip_length`, `train_decoder`, ...) to
         [`CapDecConfig`]. The mapping network starts from random weights.
 
         Example:
@@ -453,14 +452,11 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         clip_input_ids: torch.Tensor | None = None,
         clip_attention_mask: torch.Tensor | None = None,
         clip_embeds: torch.Tensor | None = None,
-        inject_noise: bool = False,
-        noise_generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Map one CLIP input per example to the decoder prefix `(batch, prefix_length, hidden)`.
 
-        Exactly one of `pixel_values`, `clip_input_ids` or precomputed `clip_embeds` is used. With
-        `inject_noise=True` the config's noise (`noise_variance`, `noise_type`, `modality_offset`) is added
-        to the normalised embedding, as in training; it is never added otherwise.
+        Exactly one of `pixel_values`, `clip_input_ids` or precomputed `clip_embeds` is used. The model never
+        adds noise: text-only training passes `clip_embeds` that the training collator has already noised.
         """
         given = [
             name
@@ -488,14 +484,6 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                     f"clip_embeds must have shape (batch, {expected}), got {tuple(clip_embeds.shape)}."
                 )
             clip_embeds = self._maybe_normalize(clip_embeds, None)
-        if inject_noise:
-            clip_embeds = noise_embeddings(
-                clip_embeds,
-                self.config.noise_variance,
-                self.config.noise_type,
-                self.config.modality_offset,
-                generator=noise_generator,
-            )
         mapper_weight = next(self.clip_project.parameters())
         return self.clip_project(clip_embeds.to(device=mapper_weight.device, dtype=mapper_weight.dtype))
 
@@ -513,7 +501,6 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         cache: Cache | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        inject_noise: bool = False,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> CapDecOutput:
@@ -526,23 +513,21 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 the call is a plain decoder step (as in generation after the first step).
             labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
                 caption tokens only, never the prefix.
-            inject_noise (`bool`): add the config's training noise to the CLIP embedding (text-only training
-                from `clip_input_ids`). Data collators that noise precomputed `clip_embeds` leave it False.
             num_items_in_batch (in `kwargs`): passed by Trainer under gradient accumulation: the loss is then
                 the token sum divided by it.
 
         Example:
 
         ```python
-        >>> out = model(clip_input_ids=clip_ids, clip_attention_mask=clip_mask, input_ids=ids, labels=labels,
-        ...             inject_noise=True)
+        >>> batch = collator(examples)  # training.collator.CapDecDataCollator: noised clip_embeds, labels
+        >>> out = model(**batch)
         >>> out.loss.backward()
         ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         kwargs.pop("return_dict", None)  # outputs are always ModelOutput objects
-        has_clip_input = any(x is not None for x in (pixel_values, clip_input_ids, clip_embeds))
-        if not has_clip_input:
+        decoder_kwargs = {"cache": cache, "use_cache": use_cache, **kwargs}
+        if all(x is None for x in (pixel_values, clip_input_ids, clip_embeds)):
             # A plain decoder step: generation after the prefix, or a caller that built inputs_embeds itself.
             if labels is not None:
                 raise ValueError("labels need a CLIP input (pixel_values, clip_input_ids or clip_embeds).")
@@ -551,10 +536,8 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
-                use_cache=use_cache,
                 logits_to_keep=logits_to_keep,
-                **kwargs,
+                **decoder_kwargs,
             )
             return CapDecOutput(
                 logits=outputs.logits,
@@ -568,26 +551,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             clip_input_ids=clip_input_ids,
             clip_attention_mask=clip_attention_mask,
             clip_embeds=clip_embeds,
-            inject_noise=inject_noise,
         )
-        batch, prefix_length, _ = prefix_embeds.shape
-        if input_ids is not None and inputs_embeds is not None:
-            raise ValueError("Pass input_ids or inputs_embeds for the caption, not both.")
-        if input_ids is not None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-        if inputs_embeds is None:
-            inputs_embeds = prefix_embeds.new_zeros(batch, 0, prefix_embeds.shape[-1])
-        seq_len = inputs_embeds.shape[1]
-        decoder_embeds = torch.cat([prefix_embeds, inputs_embeds.to(prefix_embeds.dtype)], dim=1)
-        prefix_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=decoder_embeds.device)
-        if attention_mask is None:
-            attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=decoder_embeds.device)
-        decoder_mask = torch.cat([prefix_mask, attention_mask.to(prefix_mask)], dim=1)
-
+        decoder_embeds, decoder_mask = self._prepend_prefix(
+            prefix_embeds, input_ids, inputs_embeds, attention_mask
+        )
         if labels is not None:
-            if labels.shape != (batch, seq_len):
+            seq_len = decoder_embeds.shape[1] - prefix_embeds.shape[1]
+            if labels.shape != (decoder_embeds.shape[0], seq_len):
                 raise ValueError(
-                    f"labels must have the caption's shape {(batch, seq_len)}, got {tuple(labels.shape)}."
+                    f"labels must have the caption's shape {(decoder_embeds.shape[0], seq_len)}, got "
+                    f"{tuple(labels.shape)}."
                 )
             # Position prefix_length - 1 + i predicts caption token i: project only those seq_len positions
             # (plus the last, dropped) to the vocabulary, never the prefix.
@@ -595,26 +568,13 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         outputs = self.decoder(
             inputs_embeds=decoder_embeds,
             attention_mask=decoder_mask,
-            cache=cache,
-            use_cache=use_cache,
             logits_to_keep=logits_to_keep,
-            **kwargs,
+            **decoder_kwargs,
         )
-        logits = outputs.logits
-        loss = None
+        logits, loss = outputs.logits, None
         if labels is not None:
             logits = logits[:, :-1]
-            token_losses = F.cross_entropy(
-                logits.float().reshape(-1, logits.shape[-1]),
-                labels.reshape(-1).to(logits.device),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            if num_items_in_batch is None:
-                num_items_in_batch = (labels != -100).sum().clamp(min=1)
-            if isinstance(num_items_in_batch, torch.Tensor):
-                num_items_in_batch = num_items_in_batch.to(token_losses.device)
-            loss = token_losses / num_items_in_batch
+            loss = self._caption_loss(logits, labels, num_items_in_batch)
         return CapDecOutput(
             loss=loss,
             logits=logits,
@@ -623,6 +583,48 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),
         )
+
+    def _prepend_prefix(
+        self,
+        prefix_embeds: torch.Tensor,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder's input `(batch, prefix_length + seq_len, hidden)` and its mask (the prefix is always
+        attended)."""
+        batch, prefix_length, _ = prefix_embeds.shape
+        if input_ids is not None and inputs_embeds is not None:
+            raise ValueError("Pass input_ids or inputs_embeds for the caption, not both.")
+        if input_ids is not None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if inputs_embeds is None:
+            inputs_embeds = prefix_embeds.new_zeros(batch, 0, prefix_embeds.shape[-1])
+        decoder_embeds = torch.cat([prefix_embeds, inputs_embeds.to(prefix_embeds.dtype)], dim=1)
+        prefix_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=decoder_embeds.device)
+        if attention_mask is None:
+            attention_mask = torch.ones(
+                batch, inputs_embeds.shape[1], dtype=torch.long, device=decoder_embeds.device
+            )
+        return decoder_embeds, torch.cat([prefix_mask, attention_mask.to(prefix_mask)], dim=1)
+
+    @staticmethod
+    def _caption_loss(
+        logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy summed over caption tokens (labels != -100), divided by `num_items_in_batch` (Trainer's
+        count under gradient accumulation) or else by this batch's count."""
+        token_losses = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1).to(logits.device),
+            ignore_index=-100,
+            reduction="sum",
+        )
+        if num_items_in_batch is None:
+            num_items_in_batch = (labels != -100).sum().clamp(min=1)
+        if isinstance(num_items_in_batch, torch.Tensor):
+            num_items_in_batch = num_items_in_batch.to(token_losses.device)
+        return token_losses / num_items_in_batch
 
     # -- generation ------------------------------------------------------------------------------------
     def _default_max_new_tokens(self, input_length: int) -> int | None:

@@ -27,19 +27,17 @@ CLI::
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, load_from_disk
+from datasets import Dataset
 from transformers import HfArgumentParser
 
-from processing.io_utils import OutputArguments, read_text, save_dataset
+from modeling_capdec.training.data import load_dataset_source
+from processing.io_utils import OutputArguments, save_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -207,41 +205,16 @@ def gender_balance(
     return balanced
 
 
-def load_corpus(path: str | os.PathLike) -> Dataset:
-    """Load a corpus from a ``save_to_disk`` directory, a jsonl file, or a text file (one caption per line).
-
-    Example:
-        >>> import tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "c.txt"
-        >>> _ = path.write_text("a man\\n\\na dog\\n")
-        >>> load_corpus(path)["caption"][:]
-        ['a man', 'a dog']
-    """
-    path = Path(path)
-    if path.is_dir():
-        dataset = load_from_disk(str(path))
-        if not isinstance(dataset, Dataset):
-            raise ValueError(
-                f"{path} holds a DatasetDict with splits {list(dataset)}; give one split's directory"
-            )
-        return dataset
-    text = read_text(path)
-    lines = [line.strip() for line in text.split("\n") if line.strip()]
-    if path.suffix in (".jsonl", ".json"):
-        try:
-            return Dataset.from_list([json.loads(line) for line in lines])
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not a jsonl file (one JSON object per line): {error}") from error
-    return Dataset.from_dict({"caption": lines})
-
-
 @dataclass
 class GenderBalanceArguments:
     """Arguments of ``python -m processing.gender_balance``."""
 
     input: str = field(
-        metadata={"help": "save_to_disk directory, .jsonl file or .txt file (one caption a line)."}
+        metadata={
+            "help": "The corpus: a save_to_disk folder, a .jsonl/.csv/.parquet file or a .txt file (one caption a line)."
+        }
     )
+    split: str = field(default="train", metadata={"help": "Split of a folder holding several."})
     probability: float = field(default=0.5, metadata={"help": "Chance that a caption is swapped."})
     seed: int = field(default=0, metadata={"help": "Seed of the coin flips."})
     column: str = field(default="caption", metadata={"help": "Text column to swap."})
@@ -252,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = HfArgumentParser((GenderBalanceArguments, OutputArguments))
     args, output = parser.parse_args_into_dataclasses(args=argv)
-    balanced = gender_balance(load_corpus(args.input), args.probability, args.seed, args.column)
+    corpus = load_dataset_source(args.input, split=args.split, text_column=args.column)
+    balanced = gender_balance(corpus, args.probability, args.seed, args.column)
     save_dataset(balanced, output.output_dir, output.output_jsonl)
 
 

@@ -22,58 +22,21 @@ CLI::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
 from transformers import HfArgumentParser
 
+from modeling_capdec.evaluation.eval_sets import karpathy_split, load_karpathy_images
 from processing.io_utils import save_dataset
 
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLITS = ("train", "restval")
-
-
-def load_karpathy_images(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a Karpathy-split JSON file and return its ``images`` list, checking the keys used here.
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file (and the key)
-    for invalid JSON, a missing ``images`` list or an image without ``split``/``filename``/``sentences``.
-
-    Example:
-        >>> import json, tempfile
-        >>> path = Path(tempfile.mkdtemp()) / "k.json"
-        >>> image = {"filename": "1.jpg", "imgid": 0, "split": "test", "sentences": [{"raw": "A dog."}]}
-        >>> _ = path.write_text(json.dumps({"images": [image]}))
-        >>> load_karpathy_images(path)[0]["filename"]
-        '1.jpg'
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Karpathy split file not found: {path}")
-    try:
-        with path.open(encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(data, dict) or "images" not in data:
-        raise ValueError(f"{path} has no 'images' key; is it a Karpathy split file (dataset_coco.json)?")
-    images = data["images"]
-    if not isinstance(images, list):
-        raise ValueError(f"{path}: 'images' must be a list, got {type(images).__name__}")
-    for index, image in enumerate(images):
-        for key in ("split", "filename", "sentences"):
-            if key not in image:
-                raise ValueError(f"{path}: images[{index}] has no '{key}' key")
-        if not all(isinstance(sentence, dict) and "raw" in sentence for sentence in image["sentences"]):
-            raise ValueError(f"{path}: images[{index}] has a sentence without a 'raw' key")
-    return images
 
 
 def split_counts(images: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -169,19 +132,13 @@ def karpathy_eval_set(
         {'image_id': 42, 'image_path': '/coco/val2014/1.jpg', 'captions': ['A dog.', 'A pet.']}
     """
     images, source = _images_and_source(images_or_path)
-    _check_splits(images, (split,), source)
-    rows: dict[str, list] = {"image_id": [], "image_path": [], "captions": []}
-    for image in images:
-        if image["split"] != split:
-            continue
-        image_id = image.get("cocoid", image.get("imgid"))
-        if image_id is None:
-            raise ValueError(f"{source}: image {image['filename']!r} has neither 'cocoid' nor 'imgid'")
-        parts = [str(image_root)] if image_root is not None else []
-        parts += [image["filepath"]] if image.get("filepath") else []
-        rows["image_id"].append(image_id)
-        rows["image_path"].append(os.path.join(*parts, image["filename"]))
-        rows["captions"].append([_clean_caption(sentence["raw"]) for sentence in image["sentences"]])
+    image_ids, file_names, references = karpathy_split(images, split, source)
+    root = [str(image_root)] if image_root is not None else []
+    rows = {
+        "image_id": image_ids,
+        "image_path": [os.path.join(*root, file_name) for file_name in file_names],
+        "captions": [[_clean_caption(raw) for raw in refs] for refs in references],
+    }
     logger.info(
         "Eval set '%s' of %s: %d images, %d captions",
         split,
@@ -233,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the CLI; ``argv`` defaults to ``sys.argv[1:]``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     (args,) = HfArgumentParser(KarpathyArguments).parse_args_into_dataclasses(args=argv)
-    images = load_karpathy_images(args.karpathy_json)
+    images = load_karpathy_images(args.karpathy_json)  # read once for the counts and the corpus
     for split, counts in sorted(split_counts(images).items()):
         logger.info(
             "%s: %-8s %7d images %8d captions",

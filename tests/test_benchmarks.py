@@ -8,8 +8,7 @@ from benchmarks import bench_memory
 from benchmarks.bench_embedding import one_caption_per_forward
 from benchmarks.bench_training import padding_collators
 from benchmarks.captions import WORDS, caption_word_counts, synthetic_captions, word_level_processor
-from modeling_capdec import prepare_training_dataset
-from modeling_capdec.data_capdec import tokenizer_fingerprint
+from modeling_capdec.training.data import prepare_training_dataset, tokenizer_fingerprint
 from tests.tiny_models import CAPTIONS
 
 

@@ -13,11 +13,11 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_smoke_run_completes(tmp_path):
     output = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, str(REPO / "demo" / "run_demo.py"), "--smoke", "--output_dir", str(output)],
+        [sys.executable, "-m", "demo.run_demo", "--smoke", "--output_dir", str(output)],
         capture_output=True,
         text=True,
         timeout=900,
-        cwd=tmp_path,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())

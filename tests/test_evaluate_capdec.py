@@ -15,14 +15,8 @@ from PIL import Image
 
 import evaluate_capdec
 import modeling_capdec
-from modeling_capdec.evaluation_capdec import (
-    CaptionEvalSet,
-    caption_images,
-    load_annotations,
-    load_caption_dataset,
-    read_coco_results,
-    write_coco_results,
-)
+from modeling_capdec.evaluation.captioning import caption_images, read_coco_results, write_coco_results
+from modeling_capdec.evaluation.eval_sets import CaptionEvalSet, load_eval_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS = [
@@ -87,22 +81,26 @@ def karpathy(tmp_path) -> tuple[Path, Path]:
 
 def test_load_karpathy_split(karpathy):
     path, image_root = karpathy
-    eval_set = load_annotations(path, split="test", image_root=image_root)
+    eval_set = load_eval_set(path, split="test", image_root=image_root)
     assert eval_set.image_ids == [100, 101, 102]
     assert eval_set.references[0] == ["A man riding a red motorcycle down a dirt road.", CAPTIONS[0]]
     assert eval_set.images[2] == str(image_root / "val2014" / "COCO_val2014_000000000002.png")
-    assert load_annotations(path, split="test", limit=2).images is None  # references only
-    assert len(load_annotations(path, split="test", limit=2)) == 2
+    assert load_eval_set(path, split="test", max_samples=2, references_only=True).images is None
+    assert len(load_eval_set(path, split="test", max_samples=2, references_only=True)) == 2
     with pytest.raises(ValueError, match=r"No images of split 'val'.*splits present: \['test', 'train'\]"):
-        load_annotations(path, split="val")
+        load_eval_set(path, split="val", references_only=True)
+    with pytest.raises(ValueError, match=r"dataset_coco.json lists image files: give image_root"):
+        load_eval_set(path, split="test")
 
 
 def test_missing_image_file_names_index_and_path(karpathy):
     path, image_root = karpathy
     missing = image_root / "val2014" / "COCO_val2014_000000000001.png"
     missing.unlink()
-    with pytest.raises(FileNotFoundError, match=rf"Image 1 \(image id 101\) does not exist: {missing}"):
-        load_annotations(path, split="test", image_root=image_root)
+    with pytest.raises(
+        FileNotFoundError, match=rf"Eval image 1 \(image id 101\) of .* does not exist: '{missing}'"
+    ):
+        load_eval_set(path, split="test", image_root=image_root)
 
 
 def test_load_coco_captions_file(tmp_path):
@@ -116,11 +114,14 @@ def test_load_coco_captions_file(tmp_path):
     }
     path = tmp_path / "captions_val2014.json"
     path.write_text(json.dumps(data))
-    assert load_annotations(path).references_by_id() == {7: ["a dog"], 3: ["a cat", "a kitten"]}
+    assert load_eval_set(path, references_only=True).references_by_id() == {
+        7: ["a dog"],
+        3: ["a cat", "a kitten"],
+    }
     data["images"].append({"id": 5, "file_name": "c.jpg"})
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="image id 5 has no caption"):
-        load_annotations(path)
+        load_eval_set(path, references_only=True)
 
 
 def test_dataset_eval_set_and_missing_columns(tmp_path):
@@ -130,22 +131,22 @@ def test_dataset_eval_set_and_missing_columns(tmp_path):
     rows = {"image": [_image(i) for i in range(3)], "captions": [[c] for c in CAPTIONS]}
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "eval")
 
-    eval_set = load_caption_dataset(str(tmp_path / "eval"), limit=2)
+    eval_set = load_eval_set(str(tmp_path / "eval"), max_samples=2)
     assert eval_set.image_ids == [0, 1]  # no image_id column: row numbers
     assert caption_images(FakeModel(), FakeProcessor(), eval_set.images) == CAPTIONS[:2]
     with pytest.raises(ValueError, match=r"image column 'img' is not in .*\['image', 'captions'\]"):
-        load_caption_dataset(str(tmp_path / "eval"), image_column="img")
+        load_eval_set(str(tmp_path / "eval"), image_column="img")
     with pytest.raises(ValueError, match=r"captions column 'caption' is not in"):
-        load_caption_dataset(str(tmp_path / "eval"), captions_column="caption")
+        load_eval_set(str(tmp_path / "eval"), captions_column="caption")
     datasets.DatasetDict({"test": datasets.load_from_disk(tmp_path / "eval")}).save_to_disk(tmp_path / "dict")
-    assert len(load_caption_dataset(str(tmp_path / "dict"), split="test")) == 3
+    assert len(load_eval_set(str(tmp_path / "dict"), split="test")) == 3
     with pytest.raises(ValueError, match=r"No split 'val' in .*; splits: \['test'\]"):
-        load_caption_dataset(str(tmp_path / "dict"), split="val")
+        load_eval_set(str(tmp_path / "dict"), split="val")
 
 
 def test_caption_images_batches_in_order(karpathy):
     path, image_root = karpathy
-    images = load_annotations(path, image_root=image_root).images * 2  # 6 images
+    images = load_eval_set(path, image_root=image_root).images * 2  # 6 images
     model = FakeModel()
     captions = caption_images(model, FakeProcessor(), images, batch_size=4, max_new_tokens=12, num_beams=3)
     assert captions == CAPTIONS * 2
@@ -196,13 +197,13 @@ def test_main_captions_and_scores_with_a_fake_model(karpathy, tmp_path, monkeypa
     monkeypatch.setattr(modeling_capdec, "CapDecProcessor", FakeProcessorClass, raising=False)
     args = evaluate_capdec.EvaluateArguments(
         model="fake-capdec",
-        annotations=str(path),
+        eval_file=str(path),
         image_root=str(image_root),
         output_dir=str(tmp_path / "eval"),
         batch_size=2,
         metrics=["BLEU", "CIDEr"],
     )
-    metrics = evaluate_capdec.main(args)
+    metrics = evaluate_capdec.evaluate(args)
 
     results = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert results == [{"image_id": 100 + i, "caption": c} for i, c in enumerate(CAPTIONS)]
@@ -215,14 +216,16 @@ def test_main_predictions_mode_errors_name_the_image(karpathy, tmp_path):
     predictions = tmp_path / "predictions.json"
     write_coco_results({100: CAPTIONS[0], 101: CAPTIONS[1]}, predictions)
     args = evaluate_capdec.EvaluateArguments(
-        predictions=str(predictions), annotations=str(path), output_dir=str(tmp_path / "eval")
+        predictions=str(predictions), eval_file=str(path), output_dir=str(tmp_path / "eval")
     )
     with pytest.raises(KeyError, match=r"no prediction for image id\(s\): 102"):
-        evaluate_capdec.main(args)
+        evaluate_capdec.evaluate(args)
     with pytest.raises(ValueError, match="either --model .* or --predictions"):
-        evaluate_capdec.EvaluateArguments(annotations=str(path))
-    with pytest.raises(ValueError, match="--image_root is needed"):
-        evaluate_capdec.EvaluateArguments(model="m", annotations=str(path))
+        evaluate_capdec.EvaluateArguments(eval_file=str(path))
+    with pytest.raises(ValueError, match="Give the eval set with --eval_file"):
+        evaluate_capdec.EvaluateArguments(model="m")
+    with pytest.raises(ValueError, match="lists image files: give image_root"):
+        evaluate_capdec.evaluate(evaluate_capdec.EvaluateArguments(model="m", eval_file=str(path)))
 
 
 def test_predictions_mode_end_to_end(karpathy, tmp_path):

@@ -11,7 +11,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from processing import flickrstyle, gender_balance, io_utils, karpathy, text_corpus
 from processing.flickrstyle import flickrstyle_corpus, read_image_names
-from processing.gender_balance import GENDER_PAIRS, build_swap_map, load_corpus, swap_gender
+from processing.gender_balance import GENDER_PAIRS, build_swap_map, swap_gender
 from processing.io_utils import decode_text, save_dataset
 from processing.karpathy import karpathy_eval_set, karpathy_text_corpus, load_karpathy_images, split_counts
 from processing.text_corpus import count_words, filter_sentences, find_text_files, split_sentences
@@ -126,7 +126,7 @@ def test_karpathy_errors(tmp_path, karpathy_json):
         load_karpathy_images(no_sentences)
     with pytest.raises(
         ValueError,
-        match=r"Unknown split \['testing'\].*splits present: \['restval', 'test', 'train', 'val'\]",
+        match=r"No images of split .testing. in .*splits present: \['restval', 'test', 'train', 'val'\]",
     ):
         karpathy_eval_set(karpathy_json, "testing")
     only_test = tmp_path / "only_test.json"
@@ -448,17 +448,28 @@ def test_gender_balance_errors():
         gender_balance.gender_balance(corpus, probability=1.5, column="text")
 
 
-def test_load_corpus_and_cli(tmp_path):
+def test_gender_balance_cli_reads_any_corpus_source(tmp_path):
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text('{"caption": "a man"}\n{"caption": "a girl"}\n')
-    assert load_corpus(jsonl)["caption"][:] == ["a man", "a girl"]
     gender_balance.main(["--input", str(jsonl), "--probability", "1", "--output_dir", str(tmp_path / "out")])
     out = load_from_disk(str(tmp_path / "out"))
     assert out["caption"][:] == ["a woman", "a boy"] and out["gender_swapped"][:] == [True, True]
+    # the same loader as training: a folder with splits, and a .txt corpus (one caption a line)
     DatasetDict({"train": out}).save_to_disk(str(tmp_path / "dict"))
-    with pytest.raises(ValueError, match=r"DatasetDict with splits \['train'\]"):
-        load_corpus(tmp_path / "dict")
+    gender_balance.main(
+        ["--input", str(tmp_path / "dict"), "--probability", "1", "--output_dir", str(tmp_path / "o2")]
+    )
+    assert load_from_disk(str(tmp_path / "o2"))["caption"][:] == ["a man", "a girl"]
+    with pytest.raises(ValueError, match=r"No split 'val'.*\['train'\]"):
+        gender_balance.main(
+            ["--input", str(tmp_path / "dict"), "--split", "val", "--output_dir", str(tmp_path / "o3")]
+        )
+    (tmp_path / "c.txt").write_text("a man\na dog\n")
+    gender_balance.main(
+        ["--input", str(tmp_path / "c.txt"), "--probability", "1", "--output_dir", str(tmp_path / "o4")]
+    )
+    assert load_from_disk(str(tmp_path / "o4"))["caption"][:] == ["a woman", "a dog"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")
-    with pytest.raises(ValueError, match="bad.jsonl is not a jsonl file"):
-        load_corpus(bad)
+    with pytest.raises(ValueError, match="Cannot read .*bad.jsonl as json"):
+        gender_balance.main(["--input", str(bad), "--output_dir", str(tmp_path / "o5")])

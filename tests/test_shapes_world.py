@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
-from processing.shapes_world import (
+from demo.shapes_world import (
     COLOURS,
     HELDOUT_COMBINATIONS,
     POSITIONS,

@@ -3,9 +3,8 @@
 from transformers import CLIPConfig, CLIPTokenizer, GPT2Config, GPT2Tokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from demo.bpe_tokenizers import train_clip_tokenizer, train_gpt2_tokenizer
 from modeling_capdec import CapDecConfig, CapDecForConditionalGeneration, CapDecProcessor
-from processing.bpe_tokenizers import train_gpt2_tokenizer
-from processing.tiny_clip import train_clip_tokenizer
 
 CAPTIONS = [
     "a dog running on the beach",
@@ -28,7 +27,7 @@ def tiny_tokenizers(texts: list[str] = CAPTIONS) -> tuple[GPT2Tokenizer, CLIPTok
     return train_gpt2_tokenizer(texts, vocab_size=300), train_clip_tokenizer(texts, vocab_size=300)
 
 
-def tiny_clip_config(vocab_size: int = 300) -> CLIPConfig:
+def random_clip_config(vocab_size: int = 300) -> CLIPConfig:
     return CLIPConfig(
         text_config=dict(
             vocab_size=vocab_size,
@@ -87,7 +86,7 @@ def tiny_model(
 
     processor = processor or tiny_processor()
     clip_tok = processor.clip_tokenizer
-    clip_config = tiny_clip_config(len(clip_tok))
+    clip_config = random_clip_config(len(clip_tok))
     clip_config.text_config.eos_token_id = clip_tok.eos_token_id
     clip_config.text_config.bos_token_id = clip_tok.bos_token_id
     clip_config.text_config.pad_token_id = clip_tok.pad_token_id

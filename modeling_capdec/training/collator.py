@@ -8,34 +8,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .noise_capdec import inject_noise, sample_noise
-
-# The dataset column that names each example for its noise (written by `data_capdec.prepare_training_dataset`).
-EXAMPLE_ID_COLUMN = "example_id"
-
-
-def example_noise_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
-    """The generator that draws the noise of one example in one epoch.
-
-    The noise of an example is a pure function of `(seed, epoch, example_id)`: it does not depend on which
-    batch, dataloader worker or process the example lands in, nor on whether the run was interrupted and
-    resumed, yet every epoch sees fresh noise. `SeedSequence` mixes the three numbers so that nearby ids give
-    unrelated streams.
-
-    Example:
-
-    ```python
-    >>> import torch
-    >>> a = torch.randn(3, generator=example_noise_generator(0, 1, 7))
-    >>> b = torch.randn(3, generator=example_noise_generator(0, 1, 7))
-    >>> torch.equal(a, b), torch.equal(a, torch.randn(3, generator=example_noise_generator(0, 2, 7)))
-    (True, False)
-    ```
-    """
-    if min(seed, epoch, example_id) < 0:
-        raise ValueError(f"seed, epoch and example_id must be >= 0, got {(seed, epoch, example_id)}.")
-    high, low = np.random.SeedSequence([seed, epoch, example_id]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed((int(high) << 32) | int(low))
+from .noise import (
+    EXAMPLE_ID_COLUMN,
+    check_noise_settings,
+    example_noise_generator,
+    inject_noise,
+    sample_noise,
+)
 
 
 def _as_tensor(values: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -68,15 +47,17 @@ class CapDecDataCollator:
 
     Reproducibility: the noise of an example is drawn from [`example_noise_generator`]`(seed, epoch,
     example_id)`, so it is the same whatever the batch composition, the number of dataloader workers or
-    processes, and after a resume. `epoch` is set by `training_capdec.CapDecNoiseCallback` at each epoch
+    processes, and after a resume. `epoch` is set by `training.trainer.CapDecNoiseCallback` at each epoch
     start. Examples without an `example_id` fall back to one generator seeded with `seed`, which
     reproduces a fixed sequence of calls but not a resumed run.
 
     Output (`B` examples, `L` the longest caption rounded up to `pad_to_multiple_of`):
     `input_ids`, `attention_mask`, `labels` `(B, L)` (labels are -100 on padding, found from each caption's
     length: padding and eos are the same GPT-2 token, and the final eos must stay a target so the model
-    learns to stop), and `clip_embeds` `(B, d)` float32, or `clip_input_ids`, `clip_attention_mask` and
-    `inject_noise=True` (the model then draws the noise from the config's `noise_*` fields).
+    learns to stop), and `clip_embeds` `(B, d)` float32, already noised. With `embed_on_the_fly=True` the
+    batch holds `clip_input_ids`, `clip_attention_mask` (and `example_id`) instead: `CapDecTrainer` embeds
+    them with CLIP on the training device and noises them with this collator's `add_noise`, so the noise
+    is drawn here in both cases and the model never adds any.
 
     Example:
 
@@ -105,10 +86,9 @@ class CapDecDataCollator:
     def __post_init__(self) -> None:
         if self.mode not in ("text", "supervised"):
             raise ValueError(f"mode must be 'text' or 'supervised', got {self.mode!r}.")
-        if self.noise_type not in ("gaussian", "uniform"):
-            raise ValueError(f"noise_type must be 'gaussian' or 'uniform', got {self.noise_type!r}.")
-        if not self.noise_variance >= 0:  # also rejects NaN
-            raise ValueError(f"noise_variance must be >= 0, got {self.noise_variance}.")
+        check_noise_settings(self.noise_variance, self.noise_type)
+        if self.modality_offset is not None and not all(map(math.isfinite, self.modality_offset)):
+            raise ValueError("modality_offset holds a value that is not finite (inf or NaN).")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
         if self.embed_on_the_fly and self.mode != "text":
@@ -121,6 +101,16 @@ class CapDecDataCollator:
     def adds_noise(self) -> bool:
         """Whether batches are noised at all (text mode with ε > 0 or a modality offset)."""
         return self.mode == "text" and (self.noise_variance > 0 or self.modality_offset is not None)
+
+    def settings(self) -> dict[str, Any]:
+        """The noise this collator draws, as plain values (recorded in the saved config and the model card)."""
+        return {
+            "mode": self.mode,
+            "noise_variance": self.noise_variance,
+            "noise_type": self.noise_type,
+            "modality_offset": list(self.modality_offset) if self.modality_offset is not None else None,
+            "seed": self.seed,
+        }
 
     def set_epoch(self, epoch: int) -> None:
         """Start drawing the noise of `epoch` (called by `CapDecNoiseCallback` at each epoch start)."""
@@ -135,7 +125,9 @@ class CapDecDataCollator:
             clip_inputs = self.processor(clip_text=captions, return_tensors="pt")
             batch["clip_input_ids"] = clip_inputs["clip_input_ids"]
             batch["clip_attention_mask"] = clip_inputs["clip_attention_mask"]
-            batch["inject_noise"] = self.adds_noise
+            example_ids = self._example_ids(features)
+            if example_ids is not None:
+                batch[EXAMPLE_ID_COLUMN] = torch.tensor(example_ids)
             return batch
         clip_embeds = torch.stack(
             [
@@ -144,10 +136,7 @@ class CapDecDataCollator:
             ]
         )
         if self.adds_noise:
-            example_ids = None
-            if all(EXAMPLE_ID_COLUMN in feature for feature in features):
-                example_ids = [int(feature[EXAMPLE_ID_COLUMN]) for feature in features]
-            clip_embeds = self.add_noise(clip_embeds, example_ids)
+            clip_embeds = self.add_noise(clip_embeds, self._example_ids(features))
         batch["clip_embeds"] = clip_embeds
         return batch
 
@@ -202,14 +191,20 @@ class CapDecDataCollator:
             clip_embeds, self.noise_variance, self.noise_type, self.modality_offset, noise=noise
         )
 
+    @staticmethod
+    def _example_ids(features: list[dict[str, Any]]) -> list[int] | None:
+        if all(EXAMPLE_ID_COLUMN in feature for feature in features):
+            return [int(feature[EXAMPLE_ID_COLUMN]) for feature in features]
+        return None
+
     def _get(self, feature: dict[str, Any], key: str, index: int) -> Any:
         if key not in feature:
             hint = {
-                "clip_embeds": "precompute them (data_capdec.prepare_training_dataset) or set embed_on_the_fly=True",
+                "clip_embeds": "precompute them (training.data.prepare_training_dataset) or set embed_on_the_fly=True",
                 "caption": "embed_on_the_fly=True needs the caption text in the dataset",
             }[key]
             raise KeyError(f"Example {index} of the batch has no {key!r} (keys: {sorted(feature)}): {hint}.")
         return feature[key]
 
 
-__all__ = ["CapDecDataCollator", "EXAMPLE_ID_COLUMN", "example_noise_generator"]
+__all__ = ["CapDecDataCollator"]

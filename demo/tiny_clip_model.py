@@ -13,18 +13,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
 from PIL import Image
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
-from processing.shapes_world import (
+from demo.bpe_tokenizers import train_clip_tokenizer  # noqa: F401  (the docstring examples use it)
+from demo.shapes_world import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -35,51 +34,6 @@ from processing.shapes_world import (
     scene_attributes,
     swap_objects,
 )
-
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def train_clip_tokenizer(
-    captions: Iterable[str], vocab_size: int = 1000, model_max_length: int = 32
-) -> CLIPTokenizer:
-    """Trains a CLIP-style byte-level BPE tokenizer on `captions` and wraps it as a `CLIPTokenizer`.
-
-    The BPE is trained behind the very normaliser and pre-tokeniser that `CLIPTokenizer` builds, with
-    CLIP's `</w>` end-of-word suffix, so the learnt merges mean the same thing once wrapped. The
-    vocabulary holds all 256 byte symbols with and without `</w>`: an unknown symbol would become
-    `<|endoftext|>`, and CLIP's text model pools at the first `<|endoftext|>`. Training stops early
-    once every word of the corpus is a single token.
-
-    Example:
-        >>> tokenizer = train_clip_tokenizer(["a small red circle"] * 3)
-        >>> tokenizer.tokenize("a small red circle")
-        ['a</w>', 'small</w>', 'red</w>', 'circle</w>']
-    """
-    reference = CLIPTokenizer()
-    bpe = Tokenizer(models.BPE(unk_token=EOS, continuing_subword_prefix="", end_of_word_suffix="</w>"))
-    bpe.normalizer = reference.backend_tokenizer.normalizer
-    bpe.pre_tokenizer = reference.backend_tokenizer.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        special_tokens=[BOS, EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator(captions, trainer)
-    # Older `tokenizers` write a merge as "a b", newer ones as ["a", "b"].
-    merges = [
-        tuple(pair) if isinstance(pair, list) else tuple(pair.split(" "))
-        for pair in json.loads(bpe.to_str())["model"]["merges"]
-    ]
-    # The trainer numbers the alphabet in hash order, which changes from run to run; numbering the
-    # tokens ourselves (specials, bytes, bytes ending a word, then each merge's result) makes the
-    # same captions give the same ids, hence the same checkpoint.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = [BOS, EOS, *alphabet, *(symbol + "</w>" for symbol in alphabet), *(a + b for a, b in merges)]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def tiny_clip_config(
@@ -148,7 +102,7 @@ def tokenize_paraphrases(
     Paraphrase k of a scene is `ids[scene, k]`, so a training step can draw one per image cheaply.
 
     Example:
-        >>> from processing.shapes_world import ShapeObject
+        >>> from demo.shapes_world import ShapeObject
         >>> scene = Scene((ShapeObject("circle", "red", "small", "left"),))
         >>> ids, counts = tokenize_paraphrases(train_clip_tokenizer(all_captions(scene)), [scene])
         >>> ids.shape[:2], counts.tolist()
@@ -254,7 +208,7 @@ def evaluate_tiny_clip(
 
     Example:
         >>> import numpy as np
-        >>> from processing.shapes_world import render_scene, sample_scene
+        >>> from demo.shapes_world import render_scene, sample_scene
         >>> rng = np.random.default_rng(0)
         >>> scenes = [sample_scene(rng) for _ in range(8)]
         >>> images = [render_scene(scene, 48, rng) for scene in scenes]
@@ -334,7 +288,7 @@ def scene_id_lookup(scenes: Sequence[Scene]) -> torch.Tensor:
     """Integer ids, equal exactly for equal scenes (for `soft_clip_loss`), `(len(scenes),)`.
 
     Example:
-        >>> from processing.shapes_world import ShapeObject
+        >>> from demo.shapes_world import ShapeObject
         >>> s = Scene((ShapeObject("circle", "red", "small", "left"),))
         >>> scene_id_lookup([s, s]).tolist()
         [0, 0]

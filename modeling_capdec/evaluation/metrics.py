@@ -129,7 +129,7 @@ def _resolve_metric_names(metrics: Iterable[str] | None) -> list[str]:
             return list(METRIC_NAMES)
         logger.info(
             "SPICE skipped: its Stanford CoreNLP models are not in pycocoevalcap/spice/lib "
-            "(see modeling_capdec.metrics_capdec.spice_models_available)."
+            "(see modeling_capdec.evaluation.metrics.spice_models_available)."
         )
         return [name for name in METRIC_NAMES if name != "SPICE"]
     if isinstance(metrics, str):

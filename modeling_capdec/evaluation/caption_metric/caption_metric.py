@@ -1,20 +1,21 @@
 """COCO caption toolkit metrics as an `evaluate` metric: BLEU-1..4, METEOR, ROUGE-L, CIDEr (and SPICE).
 
-Load it from this folder, offline:
+Load it offline from the installed package (`CAPTION_METRIC_PATH` is this folder):
 
     >>> import evaluate
-    >>> metric = evaluate.load("modeling_capdec/caption_metric")  # doctest: +SKIP
+    >>> from modeling_capdec.evaluation import CAPTION_METRIC_PATH
+    >>> metric = evaluate.load(CAPTION_METRIC_PATH)  # doctest: +SKIP
     >>> metric.compute(predictions=["a dog on the beach"], references=[["a dog running on the beach"]])  # doctest: +SKIP
 
-The numbers come from `modeling_capdec.metrics_capdec.compute_caption_metrics`; see it for the rules on bad
+The numbers come from `modeling_capdec.evaluation.metrics.compute_caption_metrics`; see it for the rules on bad
 input. `evaluate` copies this script into its module cache before importing it, so the import below must be
-absolute: it needs the `capdec` package installed (`pip install -e .`).
+absolute: it needs the `capdec` package installed with its `[eval]` extra.
 """
 
 import datasets
 import evaluate
 
-from modeling_capdec.metrics_capdec import compute_caption_metrics
+from modeling_capdec.evaluation.metrics import compute_caption_metrics
 
 _DESCRIPTION = """\
 Caption metrics computed by the COCO caption toolkit (pycocoevalcap) on PTB-tokenised captions: BLEU-1..4,

@@ -17,8 +17,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from modeling_capdec import metrics_capdec
-from modeling_capdec.metrics_capdec import compute_caption_metrics
+from modeling_capdec.evaluation import metrics as metrics_module
+from modeling_capdec.evaluation.metrics import compute_caption_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = ["BLEU", "ROUGE-L", "CIDEr"]  # no METEOR JVM
@@ -101,7 +101,7 @@ def scores_and_toolkit_scores() -> tuple[dict[str, float], dict[str, float]]:
     takes 10-20 s to load its paraphrase table. `MEASURED` pins what a fresh one gives."""
     meteor = Meteor()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(metrics_capdec, "Meteor", lambda: meteor)
+        patch.setattr(metrics_module, "Meteor", lambda: meteor)
         ours = compute_caption_metrics([PREDICTIONS[i] for i in REFERENCES], list(REFERENCES.values()))
     return ours, _toolkit_by_hand(meteor)
 
@@ -187,15 +187,15 @@ def test_bad_input_raises_naming_the_problem(predictions, references, error, mat
 def test_unknown_metric_and_missing_spice_models_raise(monkeypatch):
     with pytest.raises(ValueError, match=r"Unknown metric\(s\) \['BLEU-4'\]"):
         compute_caption_metrics(["a dog"], [["a dog"]], metrics=["BLEU-4"])
-    monkeypatch.setattr(metrics_capdec, "spice_models_available", lambda: False)
+    monkeypatch.setattr(metrics_module, "spice_models_available", lambda: False)
     with pytest.raises(FileNotFoundError, match="stanford-corenlp-3.6.0-models.jar"):
         compute_caption_metrics(["a dog"], [["a dog"]], metrics=["SPICE"])
 
 
 def test_spice_is_skipped_with_a_note_when_its_models_are_missing(monkeypatch, caplog):
-    monkeypatch.setattr(metrics_capdec, "spice_models_available", lambda: False)
-    with caplog.at_level("INFO", logger="modeling_capdec.metrics_capdec"):
-        names = metrics_capdec._resolve_metric_names(None)
+    monkeypatch.setattr(metrics_module, "spice_models_available", lambda: False)
+    with caplog.at_level("INFO", logger="modeling_capdec.evaluation.metrics"):
+        names = metrics_module._resolve_metric_names(None)
     assert names == ["BLEU", "METEOR", "ROUGE-L", "CIDEr"]
     assert "SPICE skipped" in caplog.text
 
@@ -209,14 +209,15 @@ def test_missing_java_is_a_clear_error(monkeypatch, tmp_path):
 def test_evaluate_load_works_offline(tmp_path):
     script = (
         "import evaluate\n"
-        "metric = evaluate.load('modeling_capdec/caption_metric')\n"
+        "from modeling_capdec.evaluation import CAPTION_METRIC_PATH\n"
+        "metric = evaluate.load(CAPTION_METRIC_PATH)\n"
         "print(metric.compute(predictions=['a dog runs on the beach'], references=[['a dog runs on the beach']],"
         " metrics=['BLEU']))\n"
     )
     offline = {"HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env = {**os.environ, **offline, "HF_MODULES_CACHE": str(tmp_path / "modules")}
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "'BLEU-4': 0.99999" in result.stdout

@@ -1,10 +1,62 @@
-"""CapDec's noise injection: the one operation that makes text-only training transfer to images."""
+"""CapDec's noise injection: the one operation that makes text-only training transfer to images.
+
+Noise is drawn in one place, the training collator (`training.collator.CapDecDataCollator`), with the functions
+here; the model only ever receives embeddings that are already noised. The noise of one example is a pure
+function of `(seed, epoch, example_id)` (`example_noise_generator`), so runs reproduce and resume exactly.
+"""
 
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+NOISE_TYPES = ("gaussian", "uniform")
+# The dataset column that names each example for its noise (written by `training.data.prepare_training_dataset`).
+EXAMPLE_ID_COLUMN = "example_id"
+
+
+def check_noise_settings(variance: float, noise_type: str = "gaussian") -> None:
+    """The one validation of the noise settings: ε finite and >= 0, a known noise type.
+
+    Example:
+
+    ```python
+    >>> check_noise_settings(float("inf"))
+    Traceback (most recent call last):
+    ...
+    ValueError: noise_variance must be a finite number >= 0, got inf.
+    ```
+    """
+    if not (isinstance(variance, (int, float)) and math.isfinite(variance) and variance >= 0):
+        raise ValueError(f"noise_variance must be a finite number >= 0, got {variance}.")
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"noise_type must be one of {list(NOISE_TYPES)}, got {noise_type!r}.")
+
+
+def example_noise_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
+    """The generator that draws the noise of one example in one epoch.
+
+    The noise of an example is a pure function of `(seed, epoch, example_id)`: it does not depend on which
+    batch, dataloader worker or process the example lands in, nor on whether the run was interrupted and
+    resumed, yet every epoch sees fresh noise. `SeedSequence` mixes the three numbers so that nearby ids give
+    unrelated streams.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> a = torch.randn(3, generator=example_noise_generator(0, 1, 7))
+    >>> b = torch.randn(3, generator=example_noise_generator(0, 1, 7))
+    >>> torch.equal(a, b), torch.equal(a, torch.randn(3, generator=example_noise_generator(0, 2, 7)))
+    (True, False)
+    ```
+    """
+    if min(seed, epoch, example_id) < 0:
+        raise ValueError(f"seed, epoch and example_id must be >= 0, got {(seed, epoch, example_id)}.")
+    high, low = np.random.SeedSequence([seed, epoch, example_id]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed((int(high) << 32) | int(low))
 
 
 def inject_noise(
@@ -38,16 +90,13 @@ def inject_noise(
 
     ```python
     >>> import torch
-    >>> from modeling_capdec import inject_noise
+    >>> from modeling_capdec.training.noise import inject_noise
     >>> x = inject_noise(torch.randn(4, 512), variance=0.016, generator=torch.Generator().manual_seed(0))
     >>> x.shape, torch.allclose(x.norm(dim=-1), torch.ones(4))
     (torch.Size([4, 512]), True)
     ```
     """
-    if variance < 0:
-        raise ValueError(f"Noise variance must be >= 0, got {variance}.")
-    if noise_type not in ("gaussian", "uniform"):
-        raise ValueError(f"noise_type must be 'gaussian' or 'uniform', got {noise_type!r}.")
+    check_noise_settings(variance, noise_type)
     dtype = embeds.dtype
     # Noise in float32: in bf16, sqrt(0.016) * N(0,1) added to entries of size ~1/sqrt(512) loses most bits.
     x = F.normalize(embeds.float(), dim=-1)
@@ -90,4 +139,11 @@ def _uniform_ball(
     return direction * radius * u.pow(1.0 / shape[-1])
 
 
-__all__ = ["inject_noise", "sample_noise"]
+__all__ = [
+    "EXAMPLE_ID_COLUMN",
+    "NOISE_TYPES",
+    "check_noise_settings",
+    "example_noise_generator",
+    "inject_noise",
+    "sample_noise",
+]

@@ -21,7 +21,7 @@ Example:
 Command line (writes a `datasets.DatasetDict` with splits `train_text`, `train_pairs`, `test_seen`,
 `test_heldout`):
 
-    python -m processing.shapes_world --output_dir shapes_world --seed 0
+    python -m demo.shapes_world --output_dir shapes_world --seed 0
 """
 
 from __future__ import annotations
@@ -560,7 +560,7 @@ def build_shapes_world(
 
 @dataclass
 class ShapesWorldArguments:
-    """Command-line arguments of `python -m processing.shapes_world`."""
+    """Command-line arguments of `python -m demo.shapes_world`."""
 
     output_dir: str = field(metadata={"help": "Where to save the DatasetDict."})
     seed: int = field(default=0, metadata={"help": "Seed of every random choice; same seed, same world."})

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_capdec import CapDecDataCollator, example_noise_generator
+from modeling_capdec.training.collator import CapDecDataCollator
+from modeling_capdec.training.noise import example_noise_generator
 
 EPS = 0.016
 DIM = 512
@@ -122,22 +123,49 @@ def test_supervised_mode_passes_image_embeddings_through(processor):
 
 def test_embed_on_the_fly_returns_clip_tokens(processor):
     collator = CapDecDataCollator(processor, noise_variance=EPS, embed_on_the_fly=True)
+    captions = ["a dog running on the beach", "a cat"]
     batch = collator(
-        [
-            {"input_ids": [1, 0], "caption": "a dog running on the beach"},
-            {"input_ids": [2, 0], "caption": "a cat"},
-        ]
+        [{"input_ids": [1, 0], "caption": text, "example_id": 7 + i} for i, text in enumerate(captions)]
     )
-    expected = processor(clip_text=["a dog running on the beach", "a cat"], return_tensors="pt")
+    expected = processor(clip_text=captions, return_tensors="pt")
     assert torch.equal(batch["clip_input_ids"], expected["clip_input_ids"])
-    assert batch["inject_noise"] is True and "clip_embeds" not in batch
+    assert batch["example_id"].tolist() == [7, 8]
+    # The model never draws noise: no flag for it, no embeddings yet (the trainer embeds, the collator noises).
+    assert "inject_noise" not in batch and "clip_embeds" not in batch
+
+
+def test_trainer_noises_on_the_fly_embeddings_like_precomputed_ones(processor, model, tmp_path):
+    """Embedding on the fly gives each example the very noise the precomputed path gives it."""
+    from modeling_capdec.training.arguments import CapDecTrainingArguments
+    from modeling_capdec.training.trainer import CapDecTrainer
+
+    captions = ["a dog running on the beach", "a cat sleeping on a red sofa"]
+    on_the_fly = CapDecDataCollator(processor, noise_variance=EPS, embed_on_the_fly=True, seed=3, epoch=1)
+    precomputed = CapDecDataCollator(processor, noise_variance=EPS, seed=3, epoch=1)
+    args = CapDecTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = CapDecTrainer(model=model, args=args, data_collator=on_the_fly)
+    features = [
+        {"input_ids": [1, 0], "caption": text, "example_id": 5 + i} for i, text in enumerate(captions)
+    ]
+    embedded = trainer._embed_captions(model, on_the_fly(features))
+    clip = processor(clip_text=captions, return_tensors="pt")
+    clean = model.get_text_embeds(clip["clip_input_ids"], clip["clip_attention_mask"])
+    reference = precomputed(
+        [{**f, "clip_embeds": row.numpy()} for f, row in zip(features, clean, strict=True)]
+    )
+    torch.testing.assert_close(embedded["clip_embeds"], reference["clip_embeds"])
+    assert not torch.allclose(embedded["clip_embeds"], clean)  # noised
+    assert "clip_input_ids" not in embedded and "example_id" not in embedded
 
 
 def test_bad_features_and_settings(processor):
     with pytest.raises(KeyError, match="no 'clip_embeds'.*embed_on_the_fly"):
         CapDecDataCollator(processor)([{"input_ids": [1, 0], "caption": "a dog"}])
-    with pytest.raises(ValueError, match="noise_variance must be >= 0"):
-        CapDecDataCollator(processor, noise_variance=-0.1)
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"noise_variance must be a finite number >= 0, got {bad}"):
+            CapDecDataCollator(processor, noise_variance=bad)
+    with pytest.raises(ValueError, match="modality_offset holds a value that is not finite"):
+        CapDecDataCollator(processor, modality_offset=[0.0, float("inf")])
     with pytest.raises(ValueError, match="noise_type"):
         CapDecDataCollator(processor, noise_type="laplace")
     with pytest.raises(ValueError, match="mode='text' only"):
@@ -145,7 +173,7 @@ def test_bad_features_and_settings(processor):
 
 
 def test_inject_noise_takes_drawn_noise_and_checks_its_shape():
-    from modeling_capdec.noise_capdec import inject_noise, sample_noise
+    from modeling_capdec.training.noise import inject_noise, sample_noise
 
     embeds = torch.randn(3, DIM)
     drawn = sample_noise((3, DIM), EPS, generator=torch.Generator().manual_seed(0))

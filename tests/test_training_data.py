@@ -8,7 +8,9 @@ import pytest
 import torch
 from transformers import CLIPModel
 
-from modeling_capdec import load_dataset_source, load_eval_set, prepare_training_dataset
+from modeling_capdec.evaluation.eval_sets import load_eval_set
+from modeling_capdec.training.arguments import DataArguments
+from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
 from tests.tiny_models import CAPTIONS
 
 
@@ -50,9 +52,9 @@ def test_load_sources(tmp_path):
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"caption": ["a bus"]})}).save_to_disk(
         tmp_path / "d"
     )
-    assert load_dataset_source(dataset_dir=tmp_path / "d")["caption"] == ["a bus"]
+    assert load_dataset_source(tmp_path / "d")["caption"] == ["a bus"]
     with pytest.raises(ValueError, match=r"No split 'val'.*\['train'\]"):
-        load_dataset_source(dataset_dir=tmp_path / "d", split="val")
+        load_dataset_source(tmp_path / "d", split="val")
 
 
 def test_load_errors_name_the_path(tmp_path):
@@ -66,9 +68,9 @@ def test_load_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match=r"unknown extension '\.docx'"):
         load_dataset_source(tmp_path / "c.docx")
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
-        load_dataset_source(dataset_dir=tmp_path / "no_such_folder")
-    with pytest.raises(ValueError, match="exactly one data source"):
-        load_dataset_source(tmp_path / "c.docx", dataset_name="coco")
+        load_dataset_source(tmp_path / "no_such_folder")
+    with pytest.raises(ValueError, match="Give one training corpus, not 2: --train_file, --dataset_name"):
+        DataArguments(train_file=str(tmp_path / "c.docx"), dataset_name="coco")
 
 
 def test_cleaning_flattens_drops_and_truncates(model, processor, tmp_path):

@@ -13,7 +13,8 @@ an Arrow file named by a fingerprint of its inputs (the source's datasets finger
 the tokenizers and CLIP weights it uses): the result is memory-mapped, never held in RAM, and a second run with
 the same inputs loads the files instead of running CLIP again.
 
-Eval sets (one row per image: an image column and a list of reference captions) load with `load_eval_set`.
+Eval sets (one row per image: an image column and a list of reference captions) are the evaluation layer's:
+`modeling_capdec.evaluation.eval_sets.load_eval_set`.
 """
 
 import json
@@ -30,7 +31,8 @@ import torch
 from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
 
-from .collator_capdec import EXAMPLE_ID_COLUMN
+from ..processing_capdec import load_image
+from .noise import EXAMPLE_ID_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -47,22 +49,18 @@ FILE_BUILDERS = {
     ".parquet": "parquet",
     ".arrow": "arrow",
 }
-# Looked for, in this order, when an eval set's image column is not given.
-IMAGE_COLUMN_CANDIDATES = ("image", "image_path", "file_name", "filepath", "path")
 DROP_REASONS = ("empty", "not text")
 
 
 # -- loading ---------------------------------------------------------------------------------------------
 def load_dataset_source(
-    data_file: str | os.PathLike | None = None,
-    dataset_dir: str | os.PathLike | None = None,
-    dataset_name: str | None = None,
-    dataset_config: str | None = None,
+    source: str | os.PathLike,
+    config_name: str | None = None,
     split: str = "train",
     cache_dir: str | None = None,
     text_column: str = "caption",
 ) -> Dataset:
-    """Load one split from exactly one of a data file, a `save_to_disk` folder or a Hub dataset name.
+    """Load one split from a data file, a `save_to_disk` folder or a Hub dataset name (tried in that order).
 
     A `.txt` file is read one line per row into `text_column`. Errors name what failed: a missing file or
     folder (`FileNotFoundError` with its path), a file that cannot be parsed (`ValueError` with its path), an
@@ -78,36 +76,26 @@ def load_dataset_source(
     ['a dog on the beach', 'a red bus']
     ```
     """
-    given = [
-        name
-        for name, value in (
-            ("a file", data_file),
-            ("a dataset folder", dataset_dir),
-            ("a dataset name", dataset_name),
-        )
-        if value
-    ]
-    if len(given) != 1:
-        raise ValueError(
-            "Give exactly one data source (a file, a save_to_disk folder or a Hub dataset name); got "
-            + (", ".join(given) if given else "none")
-            + "."
-        )
-    if data_file:
-        return _load_file(Path(data_file), cache_dir, text_column)
-    if dataset_dir:
-        path = Path(dataset_dir)
-        if not path.is_dir():
-            raise FileNotFoundError(f"Dataset folder not found: {path}")
+    path = Path(source)
+    if path.is_file() or path.suffix.lower() in FILE_BUILDERS:
+        return _load_file(path, cache_dir, text_column)
+    if path.is_dir():
         try:
             loaded = datasets.load_from_disk(str(path))
         except FileNotFoundError as error:
             raise ValueError(f"{path} is not a `save_to_disk` dataset folder: {error}") from error
         return _pick_split(loaded, split, str(path))
+    if _looks_like_path(str(source)):
+        raise FileNotFoundError(f"Data file or dataset folder not found: {source}")
     try:
-        return datasets.load_dataset(dataset_name, dataset_config, split=split, cache_dir=cache_dir)
+        return datasets.load_dataset(str(source), config_name, split=split, cache_dir=cache_dir)
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise ValueError(f"Cannot load the dataset {dataset_name!r} (split {split!r}): {error}") from error
+        raise ValueError(f"Cannot load the dataset {str(source)!r} (split {split!r}): {error}") from error
+
+
+def _looks_like_path(source: str) -> bool:
+    # Hub dataset names are "name" or "owner/name"; anything else that does not exist is a missing path.
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
 def _load_file(path: Path, cache_dir: str | None, text_column: str) -> Dataset:
@@ -136,91 +124,6 @@ def _pick_split(loaded: Dataset | DatasetDict, split: str, source: str) -> Datas
             raise ValueError(f"No split {split!r} in {source}; splits: {list(loaded)}")
         return loaded[split]
     return loaded
-
-
-def load_eval_set(
-    eval_file: str | os.PathLike | None = None,
-    eval_dataset_dir: str | os.PathLike | None = None,
-    eval_dataset_name: str | None = None,
-    split: str = "test",
-    image_column: str | None = None,
-    captions_column: str = "captions",
-    image_id_column: str | None = None,
-    max_samples: int | None = None,
-    cache_dir: str | None = None,
-    references_only: bool = False,
-) -> Any:
-    """Load an image-caption eval set, one row per image, as an `evaluation_capdec.CaptionEvalSet`.
-
-    `image_column` holds images or image paths; without it the first of `IMAGE_COLUMN_CANDIDATES` present is
-    used (`image_path` for `processing.karpathy` eval sets). `captions_column` holds the references (a list of
-    strings, or one string). Ids come from `image_id_column`, else `image_id` when present, else row numbers.
-    Images stay lazy (decoded batch by batch while captioning); image paths must exist. With
-    `references_only=True` no image column is needed or read (scoring a results file).
-
-    Example:
-
-    ```python
-    >>> eval_set = load_eval_set(eval_dataset_dir="data/coco_test", max_samples=500)  # doctest: +SKIP
-    >>> len(eval_set), eval_set.references[0][:1]  # doctest: +SKIP
-    (500, ['A man with a red helmet on a small moped on a dirt road.'])
-    ```
-    """
-    from .evaluation_capdec import CaptionEvalSet
-
-    source = str(eval_file or eval_dataset_dir or eval_dataset_name)
-    dataset = load_dataset_source(
-        eval_file, eval_dataset_dir, eval_dataset_name, split=split, cache_dir=cache_dir
-    )
-    columns = dataset.column_names
-    if references_only:
-        image_column = None
-    elif image_column is None:
-        image_column = next((name for name in IMAGE_COLUMN_CANDIDATES if name in columns), None)
-        if image_column is None:
-            raise ValueError(
-                f"The eval set {source} has no image column: none of {list(IMAGE_COLUMN_CANDIDATES)} is among "
-                f"its columns {columns}. Name it with --eval_image_column."
-            )
-    elif image_column not in columns:
-        raise ValueError(
-            f"The eval image column {image_column!r} is not in {source}; its columns are {columns}."
-        )
-    if captions_column not in columns:
-        raise ValueError(
-            f"The eval captions column {captions_column!r} is not in {source}; its columns are {columns}."
-        )
-    if image_id_column is None and "image_id" in columns:
-        image_id_column = "image_id"
-    elif image_id_column is not None and image_id_column not in columns:
-        raise ValueError(
-            f"The eval image id column {image_id_column!r} is not in {source}; its columns are {columns}."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"The eval set {source} has no rows.")
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-
-    references = []
-    for row, refs in enumerate(dataset[captions_column]):
-        refs = [refs] if isinstance(refs, str) else refs
-        if not isinstance(refs, list) or not refs or not all(isinstance(ref, str) for ref in refs):
-            raise ValueError(
-                f"Row {row} of the eval captions column {captions_column!r} in {source} holds {refs!r}; expected "
-                "a non-empty list of reference strings."
-            )
-        references.append(refs)
-    image_ids = list(dataset[image_id_column]) if image_id_column else list(range(len(dataset)))
-    if image_column is None:
-        return CaptionEvalSet(image_ids=image_ids, references=references, images=None)
-    images = dataset[image_column]  # a lazy column
-    if dataset.features[image_column] == datasets.Value("string"):
-        for row, image_path in enumerate(images):
-            if not image_path or not os.path.isfile(image_path):
-                raise FileNotFoundError(
-                    f"Eval image {row} (column {image_column!r} of {source}) does not exist: {image_path!r}"
-                )
-    return CaptionEvalSet(image_ids=image_ids, references=references, images=images)
 
 
 # -- cleaning and tokenisation ------------------------------------------------------------------------------
@@ -384,6 +287,53 @@ def prepare_training_dataset(
     566747 rows, 566747 captions: kept 566747, dropped 0 empty and 0 not text, truncated 3 to max_caption_tokens
     ```
     """
+    _check_inputs(dataset, model, mode, caption_column, image_column, max_caption_tokens, embed_on_the_fly)
+    if device is not None:
+        model.clip.to(device)  # embed on the training device; Trainer moves the rest of the model later
+    device = next(model.clip.parameters()).device
+    clip_hash = clip_fingerprint(model.clip) if not embed_on_the_fly else None
+    cache = {"cache_dir": cache_dir, "overwrite_cache": overwrite_cache}
+
+    source, carried = dataset, []
+    if mode == "supervised":
+        source = _embed_images(
+            dataset,
+            model,
+            processor,
+            image_column,
+            caption_column,
+            embedding_batch_size,
+            device,
+            clip_hash,
+            **cache,
+        )
+        carried = ["clip_embeds"]
+    cleaned = _clean_captions(
+        source, processor, caption_column, max_caption_tokens, carried, num_proc, **cache
+    )
+    report = count_cleaning(cleaned, rows=len(dataset))
+    logger.info("Corpus cleaning: %s", report.summary())
+    if report.kept == 0:
+        raise ValueError(
+            f"The corpus is empty after cleaning: all {report.captions} captions of {report.rows} rows were dropped "
+            f"({report.dropped_empty} empty, {report.dropped_not_text} not text) in column {caption_column!r}."
+        )
+    final, report.embeddings_from_cache = _finish(
+        cleaned, model, processor, mode, embed_on_the_fly, embedding_batch_size, device, clip_hash, **cache
+    )
+    numeric = [name for name in final.column_names if name != "caption"]
+    return final.with_format("numpy", columns=numeric, output_all_columns=True), report
+
+
+def _check_inputs(
+    dataset: Dataset,
+    model: Any,
+    mode: str,
+    caption_column: str,
+    image_column: str | None,
+    max_caption_tokens: int,
+    embed_on_the_fly: bool,
+) -> None:
     if mode not in ("text", "supervised"):
         raise ValueError(f"mode must be 'text' or 'supervised', got {mode!r}.")
     if embed_on_the_fly and mode != "text":
@@ -401,28 +351,19 @@ def prepare_training_dataset(
             f"are {columns}."
         )
     _check_positions(model, max_caption_tokens)
-    if device is not None:
-        model.clip.to(device)  # embed on the training device; Trainer moves the rest of the model later
-    device = next(model.clip.parameters()).device
-    clip_hash = clip_fingerprint(model.clip) if not embed_on_the_fly else None
 
-    carried: list[str] = []
-    source = dataset
-    if mode == "supervised":
-        source = _embed_images(
-            dataset,
-            model,
-            processor,
-            image_column,
-            caption_column,
-            embedding_batch_size,
-            cache_dir,
-            overwrite_cache,
-            device,
-            clip_hash,
-        )
-        carried = ["clip_embeds"]
 
+def _clean_captions(
+    source: Dataset,
+    processor: Any,
+    caption_column: str,
+    max_caption_tokens: int,
+    carried: list[str],
+    num_proc: int | None,
+    cache_dir: str | os.PathLike | None,
+    overwrite_cache: bool,
+) -> Dataset:
+    """Stage 2: one row per caption, with its decoder ids and why it is dropped (if it is)."""
     clean_hash = Hasher.hash(
         (
             CACHE_VERSION,
@@ -443,7 +384,7 @@ def prepare_training_dataset(
             **{name: source.features[name] for name in carried},
         }
     )
-    cleaned = source.map(
+    return source.map(
         _clean_batch,
         batched=True,
         fn_kwargs={
@@ -460,14 +401,22 @@ def prepare_training_dataset(
         load_from_cache_file=not overwrite_cache,
         desc="Cleaning and tokenising captions",
     )
-    report = count_cleaning(cleaned, rows=len(dataset))
-    logger.info("Corpus cleaning: %s", report.summary())
-    if report.kept == 0:
-        raise ValueError(
-            f"The corpus is empty after cleaning: all {report.captions} captions of {report.rows} rows were dropped "
-            f"({report.dropped_empty} empty, {report.dropped_not_text} not text) in column {caption_column!r}."
-        )
 
+
+def _finish(
+    cleaned: Dataset,
+    model: Any,
+    processor: Any,
+    mode: str,
+    embed_on_the_fly: bool,
+    embedding_batch_size: int,
+    device: torch.device,
+    clip_hash: str | None,
+    cache_dir: str | os.PathLike | None,
+    overwrite_cache: bool,
+) -> tuple[Dataset, bool]:
+    """Stage 3: the kept rows with their example ids and CLIP text embeddings (or caption text); and whether
+    they came from the cache file."""
     final_hash = Hasher.hash(
         (
             CACHE_VERSION,
@@ -489,8 +438,8 @@ def prepare_training_dataset(
         dim = model.config.clip_projection_dim
         final_features["clip_embeds"] = datasets.List(datasets.Value("float32"), length=dim)
     cache_file = _cache_file(cache_dir, "embeds" if not embed_on_the_fly else "final", final_hash)
-    report.embeddings_from_cache = os.path.isfile(cache_file) and not overwrite_cache
-    if report.embeddings_from_cache:
+    from_cache = os.path.isfile(cache_file) and not overwrite_cache
+    if from_cache:
         logger.info("Reusing cached training data %s", cache_file)
     final = cleaned.map(
         _finish_batch,
@@ -514,8 +463,7 @@ def prepare_training_dataset(
         load_from_cache_file=not overwrite_cache,
         desc="CLIP text embeddings" if mode == "text" and not embed_on_the_fly else "Dropping bad captions",
     )
-    numeric = [name for name in final.column_names if name != "caption"]
-    return final.with_format("numpy", columns=numeric, output_all_columns=True), report
+    return final, from_cache
 
 
 def _check_positions(model: Any, max_caption_tokens: int) -> None:
@@ -589,12 +537,12 @@ def _embed_images(
     image_column: str,
     caption_column: str,
     batch_size: int,
-    cache_dir: str | os.PathLike | None,
-    overwrite_cache: bool,
     device: torch.device,
     clip_hash: str,
+    cache_dir: str | os.PathLike | None,
+    overwrite_cache: bool,
 ) -> Dataset:
-    from .processing_capdec import load_image
+    """Stage 1 (supervised): one CLIP image embedding per row, carried with the row's captions."""
 
     def embed(batch: dict[str, list], indices: list[int]) -> dict[str, Any]:
         images = [
@@ -640,6 +588,5 @@ __all__ = [
     "count_cleaning",
     "embed_captions",
     "load_dataset_source",
-    "load_eval_set",
     "prepare_training_dataset",
 ]

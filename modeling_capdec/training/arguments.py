@@ -1,0 +1,231 @@
+"""The arguments of a CapDec training run: model, data, and `CapDecTrainingArguments` (Trainer's, with the noise).
+
+`train_capdec.py` parses the three with one `HfArgumentParser` (recipe file + command line, see
+`modeling_capdec.commands.recipes`).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import Seq2SeqTrainingArguments
+
+DEFAULT_EVAL_METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
+
+
+@dataclass
+class ModelArguments:
+    clip_model: str | None = field(
+        default=None,
+        metadata={"help": "CLIP checkpoint (Hub name or folder), e.g. openai/clip-vit-base-patch32."},
+    )
+    decoder_model: str | None = field(default=None, metadata={"help": "Causal LM checkpoint, e.g. gpt2."})
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "An existing CapDec folder to continue from (its architecture; replaces clip/decoder)."
+        },
+    )
+    mapping_type: Literal["mlp", "transformer"] | None = field(
+        default=None, metadata={"help": "Mapping network (default: transformer, as the paper's COCO model)."}
+    )
+    prefix_length: int | None = field(default=None, metadata={"help": "Prefix vectors (default 40)."})
+    clip_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens the CLIP embedding expands to, transformer mapper (default 40)."},
+    )
+    num_mapping_layers: int | None = field(
+        default=None, metadata={"help": "Transformer mapper blocks (default 8)."}
+    )
+    train_decoder: bool = field(
+        default=True,
+        metadata={"help": "Fine-tune the decoder too; --no_train_decoder is the paper's only_prefix."},
+    )
+
+    def architecture(self) -> dict[str, Any]:
+        """The `CapDecConfig` fields given on the command line (the others keep the config's defaults)."""
+        names = ("mapping_type", "prefix_length", "clip_length", "num_mapping_layers")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(
+        default=None, metadata={"help": "Caption corpus file: .json/.jsonl/.csv/.tsv/.txt/.parquet."}
+    )
+    dataset_dir: str | None = field(
+        default=None, metadata={"help": "A save_to_disk corpus folder (processing/)."}
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A Hub dataset name."})
+    dataset_config: str | None = field(default=None, metadata={"help": "The Hub dataset's configuration."})
+    train_split: str = field(
+        default="train", metadata={"help": "Split of a dataset folder/name to train on."}
+    )
+    caption_column: str = field(
+        default="caption", metadata={"help": "Column with a caption (string) or captions (list) per row."}
+    )
+    max_caption_tokens: int = field(
+        default=64,
+        metadata={"help": "Longer captions are truncated to this many decoder tokens (eos added)."},
+    )
+    mode: Literal["text", "supervised"] = field(
+        default="text",
+        metadata={
+            "help": "text: CapDec (noised CLIP text embeddings); supervised: image embeddings (ClipCap)."
+        },
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "Supervised mode: the corpus column with images or image paths."}
+    )
+    embed_on_the_fly: bool = field(
+        default=False,
+        metadata={"help": "Embed captions with CLIP in every step instead of precomputing (huge corpora)."},
+    )
+    embedding_batch_size: int = field(
+        default=256, metadata={"help": "Batch size of the CLIP precomputation."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for cleaning and tokenisation."}
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pad each batch's captions to a multiple of this (default: to the longest caption only). On an "
+            "H100 the first batch of each new length builds attention plans (0.06-0.8 s, once per length), but "
+            "later steps were 5-15 percent faster with exact lengths than with multiples of 8 (benchmarks/README.md)."
+        },
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "datasets cache for the corpus and CapDec's embedding files (default HF_DATASETS_CACHE)."
+        },
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached embeddings."})
+    eval_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "Eval set: a Karpathy/COCO JSON, or a file with one row per image (image + captions columns)."
+        },
+    )
+    eval_dataset_dir: str | None = field(
+        default=None,
+        metadata={"help": "Eval set save_to_disk folder (e.g. from python -m processing.karpathy)."},
+    )
+    eval_split: str = field(
+        default="test", metadata={"help": "Karpathy split, or split of the eval dataset."}
+    )
+    eval_image_root: str | None = field(
+        default=None,
+        metadata={"help": "Folder the image paths of a Karpathy/COCO --eval_file are relative to."},
+    )
+    eval_image_column: str | None = field(
+        default=None,
+        metadata={"help": "Eval images or image paths (default: image, image_path, ... if present)."},
+    )
+    eval_captions_column: str = field(
+        default="captions", metadata={"help": "Eval reference captions (a list)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Evaluate on the first N images only."}
+    )
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("train_file", "dataset_dir", "dataset_name") if getattr(self, name)]
+        if len(given) > 1:
+            raise ValueError(
+                f"Give one training corpus, not {len(given)}: {', '.join('--' + n for n in given)}."
+            )
+        if self.eval_file and self.eval_dataset_dir:
+            raise ValueError("Give one eval set: --eval_file or --eval_dataset_dir, not both.")
+
+    @property
+    def train_source(self) -> str | None:
+        """The training corpus: a file, a save_to_disk folder or a Hub name (`training.data.load_dataset_source`)."""
+        return self.train_file or self.dataset_dir or self.dataset_name
+
+    @property
+    def eval_source(self) -> str | None:
+        """The eval set, if any (`evaluation.eval_sets.load_eval_set`)."""
+        return self.eval_file or self.eval_dataset_dir
+
+    def preparation_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `training.data.prepare_training_dataset`."""
+        return {
+            "mode": self.mode,
+            "caption_column": self.caption_column,
+            "image_column": self.image_column,
+            "max_caption_tokens": self.max_caption_tokens,
+            "embed_on_the_fly": self.embed_on_the_fly,
+            "embedding_batch_size": self.embedding_batch_size,
+            "num_proc": self.preprocessing_num_workers,
+            "cache_dir": self.cache_dir,
+            "overwrite_cache": self.overwrite_cache,
+        }
+
+    def eval_set_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `evaluation.eval_sets.load_eval_set` (besides the source)."""
+        return {
+            "split": self.eval_split,
+            "image_root": self.eval_image_root,
+            "image_column": self.eval_image_column,
+            "captions_column": self.eval_captions_column,
+            "max_samples": self.max_eval_samples,
+            "cache_dir": self.cache_dir,
+        }
+
+
+@dataclass
+class CapDecTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with CapDec's defaults, its noise and its evaluation settings.
+
+    - The noise settings (`noise_variance`, `noise_type`, `modality_offset_file`, `noise_seed`) are the training
+      collator's; they are checked once, where the collator is built (`CapDecDataCollator`), and recorded in the
+      saved config's `training_noise` and the model card.
+
+    - `remove_unused_columns` defaults to False: the collator needs `clip_embeds`/`example_id`, which are not
+      `forward` arguments under those names, and transformers 5 would drop them.
+    - `ddp_find_unused_parameters` defaults to False: every trainable parameter is used in every step (frozen
+      CLIP/decoder parameters are not tracked by DDP), so the extra autograd traversal is wasted.
+    - At each evaluation the eval images are captioned with `generation_num_beams` beams (default 1) and at most
+      `generation_max_length` new tokens (default 30), then scored with `eval_metrics`; metrics are logged as
+      `eval_CIDEr`, `eval_BLEU-4`, ..., so `metric_for_best_model="CIDEr"` works.
+
+    Example:
+
+    ```python
+    >>> args = CapDecTrainingArguments(output_dir="out", eval_metrics=["BLEU", "CIDEr"])
+    >>> args.remove_unused_columns, args.report_to
+    (False, [])
+    ```
+    """
+
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep it False: the CapDec collator reads columns that are not forward() arguments."
+        },
+    )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "CapDec uses every trainable parameter in every step: no unused-parameter search."},
+    )
+    noise_variance: float = field(
+        default=0.016, metadata={"help": "ε, the variance of the Gaussian noise (std sqrt(ε)); 0 = no noise."}
+    )
+    noise_type: Literal["gaussian", "uniform"] = field(
+        default="gaussian", metadata={"help": "gaussian, or uniform in the ball of radius sqrt(ε)."}
+    )
+    modality_offset_file: str | None = field(
+        default=None,
+        metadata={"help": "Vector added to text embeddings in training (.npy/.json/.safetensors)."},
+    )
+    noise_seed: int | None = field(default=None, metadata={"help": "Seed of the noise (default: --seed)."})
+    eval_metrics: list[str] = field(
+        default_factory=lambda: list(DEFAULT_EVAL_METRICS),
+        metadata={
+            "help": "Caption metrics computed at each evaluation: BLEU, METEOR, ROUGE-L, CIDEr, SPICE."
+        },
+    )
+
+
+__all__ = ["CapDecTrainingArguments", "DataArguments", "DEFAULT_EVAL_METRICS", "ModelArguments"]

@@ -1,0 +1,386 @@
+"""Trainer pieces for CapDec: a Trainer that evaluates by captioning (and embeds captions on the fly when asked),
+the callback that keeps the collator's noise epoch in step, and model loading for training."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import transformers
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint, speed_metrics
+
+from ..modeling_capdec import CapDecForConditionalGeneration
+from ..processing_capdec import CapDecProcessor
+from .collator import CapDecDataCollator
+from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
+from .noise import EXAMPLE_ID_COLUMN
+
+logger = logging.getLogger(__name__)
+
+
+class CapDecNoiseCallback(TrainerCallback):
+    """Tells the collator which epoch starts, so that each epoch draws fresh noise for every example.
+
+    The noise of an example is a function of `(seed, epoch, example_id)` (see `CapDecDataCollator`): on resume
+    the epoch comes back from the checkpoint's trainer state, so the noise continues exactly as in an
+    uninterrupted run. Dataloader workers get a copy of the collator when each epoch's iterator starts, which
+    happens after `on_epoch_begin` (persistent workers would keep a stale epoch: `main` rejects them).
+
+    Example:
+
+    ```python
+    >>> trainer = CapDecTrainer(..., data_collator=collator, callbacks=[CapDecNoiseCallback(collator)])  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, collator: CapDecDataCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is fractional after a mid-epoch resume (1.5 → epoch 1); the small margin absorbs float sums.
+        self.collator.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+        return control
+
+
+class _Shard(Sequence):
+    """A contiguous slice of a (possibly lazy) image column, read in batches only when captioning."""
+
+    def __init__(self, items: Sequence[Any], start: int, end: int):
+        self.items, self.start, self.end = items, start, end
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("Only contiguous slices of an eval shard are supported.")
+            return self.items[self.start + start : self.start + stop]
+        return self.items[self.start + range(len(self))[index]]
+
+
+class CapDecTrainer(Trainer):
+    """A `Trainer` whose evaluation captions an image-caption eval set and scores it with the COCO toolkit.
+
+    Pass the eval set (`evaluation.eval_sets.load_eval_set`, a `CaptionEvalSet`) as `eval_dataset`.
+    Each evaluation generates one caption per image (split across processes, gathered in order), computes
+    `args.eval_metrics` with `compute_caption_metrics` and logs them with the `eval_` prefix. The last
+    predictions are kept in `last_eval_predictions` (`{image_id: caption}`), with `last_eval_metrics` and the
+    `last_eval_step` they were computed at.
+
+    `create_model_card` writes the CapDec card from `model_card_template` and `model_card_fields` (also when
+    pushing to the Hub), instead of Trainer's generic one.
+
+    Batches of a collator with `embed_on_the_fly=True` carry CLIP token ids instead of embeddings: each step
+    embeds them with the model's frozen CLIP on the training device and noises them with the collator's
+    `add_noise`, so the noise is the collator's in both modes.
+
+    Example:
+
+    ```python
+    >>> trainer = CapDecTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_set,
+    ...                         data_collator=collator, processing_class=processor)  # doctest: +SKIP
+    >>> trainer.evaluate()["eval_CIDEr"]  # doctest: +SKIP
+    0.91
+    ```
+    """
+
+    def __init__(self, *args, model_card_template: str | os.PathLike | None = MODEL_CARD_TEMPLATE, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.model_card_template = model_card_template
+        self.model_card_fields: dict[str, str] = {}
+        self.last_eval_predictions: dict[Any, str] | None = None
+        self.last_eval_metrics: dict[str, float] = {}
+        self.last_eval_step: int | None = None
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if "clip_input_ids" in inputs and isinstance(self.data_collator, CapDecDataCollator):
+            inputs = self._embed_captions(model, inputs)
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def _embed_captions(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        inputs = dict(inputs)
+        clip_input_ids = inputs.pop("clip_input_ids")
+        clip_attention_mask = inputs.pop("clip_attention_mask", None)
+        example_ids = inputs.pop(EXAMPLE_ID_COLUMN, None)
+        embeds = self.accelerator.unwrap_model(model).get_text_embeds(clip_input_ids, clip_attention_mask)
+        if self.data_collator.adds_noise:
+            ids = example_ids.tolist() if example_ids is not None else None
+            embeds = self.data_collator.add_noise(embeds.float(), ids)
+        inputs["clip_embeds"] = embeds
+        return inputs
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        eval_set = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if not hasattr(eval_set, "references"):  # not a caption eval set: Trainer's loss evaluation
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        # The evaluation layer (and its Java toolkit) is needed only when a caption eval set is given.
+        from ..evaluation.captioning import caption_images
+        from ..evaluation.metrics import compute_caption_metrics
+
+        start_time = time.time()
+        predictions = self._caption_shard(eval_set, caption_images)
+        if self.accelerator.num_processes > 1:
+            predictions = gather_object(predictions)  # concatenated in process order = eval set order
+        scores = [None]
+        if self.accelerator.is_main_process:
+            # The toolkit runs Java; one process scores and the others receive the numbers.
+            scores = [
+                compute_caption_metrics(predictions, eval_set.references, metrics=self.args.eval_metrics)
+            ]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(scores)
+        metrics = {f"{metric_key_prefix}_{name}": value for name, value in scores[0].items()}
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(eval_set)))
+        if self.state.epoch is not None:
+            metrics["epoch"] = self.state.epoch
+        self.last_eval_predictions = dict(zip(eval_set.image_ids, predictions, strict=True))
+        self.last_eval_metrics, self.last_eval_step = metrics, self.state.global_step
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _caption_shard(self, eval_set: Any, caption_images) -> list[str]:
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        count, processes = len(eval_set), self.accelerator.num_processes
+        per_process = math.ceil(count / processes)
+        start = min(count, self.accelerator.process_index * per_process)
+        end = min(count, start + per_process)
+        try:
+            if start == end:
+                return []
+            images = eval_set.images if processes == 1 else _Shard(eval_set.images, start, end)
+            return caption_images(
+                model,
+                self.processing_class,
+                images,
+                batch_size=self.args.per_device_eval_batch_size,
+                max_new_tokens=self.args.generation_max_length or 30,
+                num_beams=self.args.generation_num_beams or 1,
+            )
+        finally:
+            model.train(was_training)
+
+    def create_model_card(self, **kwargs) -> None:
+        if not self.is_world_process_zero():
+            return
+        if self.model_card_template is None or not self.model_card_fields:
+            return super().create_model_card(**kwargs)
+        template = Path(self.model_card_template).read_text(encoding="utf-8")
+        card = render_model_card(template, self.model_card_fields)
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.args.output_dir, "README.md").write_text(card, encoding="utf-8")
+
+
+# -- model, processor, offset -------------------------------------------------------------------------------
+def load_capdec_for_training(
+    clip_model: str | None = None,
+    decoder_model: str | None = None,
+    init_from: str | None = None,
+    train_decoder: bool | None = None,
+    **config_kwargs: Any,
+) -> tuple[CapDecForConditionalGeneration, CapDecProcessor]:
+    """The model and processor to train: composed from a CLIP and a decoder, or continued from a CapDec folder.
+
+    With `init_from`, the architecture (mapping type, prefix, ...) is the folder's and no `config_kwargs` may be
+    given; `train_decoder` freezes or unfreezes the decoder. Otherwise `config_kwargs` go to `CapDecConfig`
+    (`mapping_type`, `prefix_length`, `clip_length`, `num_mapping_layers`).
+
+    Example:
+
+    ```python
+    >>> model, processor = load_capdec_for_training("openai/clip-vit-base-patch32", "gpt2",
+    ...                                             mapping_type="transformer")  # doctest: +SKIP
+    ```
+    """
+    if init_from:
+        if config_kwargs:
+            raise ValueError(
+                f"init_from={init_from!r} fixes the architecture; do not also set {sorted(config_kwargs)} "
+                "(they come from its config)."
+            )
+        model = CapDecForConditionalGeneration.from_pretrained(init_from)
+        processor = CapDecProcessor.from_pretrained(init_from)
+        if train_decoder is not None:
+            model.config.train_decoder = train_decoder
+            model.decoder.requires_grad_(train_decoder)
+            model.freeze_frozen_parts()
+        return model, processor
+    if not clip_model or not decoder_model:
+        raise ValueError("Give --clip_model and --decoder_model (or --init_from, an existing CapDec folder).")
+    if train_decoder is not None:
+        config_kwargs["train_decoder"] = train_decoder
+    model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
+        clip_model, decoder_model, **config_kwargs
+    )
+    return model, CapDecProcessor.from_clip_decoder_pretrained(clip_model, decoder_model)
+
+
+def load_modality_offset(path: str | os.PathLike, expected_size: int | None = None) -> list[float]:
+    """Read a modality offset vector (mean image embedding minus mean text embedding) from `.npy`, `.json`
+    (a list, or `{"modality_offset": [...]}`) or `.safetensors` (one tensor, or one named `modality_offset`).
+    With `expected_size` (the CLIP projection size), a vector of another length or with a non-finite value raises.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "offset.json"
+    >>> _ = path.write_text("[0.5, -0.25]")
+    >>> load_modality_offset(path)
+    [0.5, -0.25]
+    ```
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Modality offset file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        vector = np.load(path, allow_pickle=False)
+    elif suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vector = np.asarray(data["modality_offset"] if isinstance(data, dict) else data, dtype=np.float64)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+        if "modality_offset" in tensors:
+            vector = tensors["modality_offset"]
+        elif len(tensors) == 1:
+            vector = next(iter(tensors.values()))
+        else:
+            raise ValueError(f"{path} holds {sorted(tensors)}; name the offset tensor 'modality_offset'.")
+    else:
+        raise ValueError(f"Cannot read a modality offset from {path}: use .npy, .json or .safetensors.")
+    vector = np.asarray(vector, dtype=np.float64).squeeze()
+    if vector.ndim != 1:
+        raise ValueError(f"The modality offset in {path} must be a vector, got shape {vector.shape}.")
+    if not np.isfinite(vector).all():
+        raise ValueError(f"The modality offset in {path} holds values that are not finite (inf or NaN).")
+    if expected_size is not None and len(vector) != expected_size:
+        raise ValueError(
+            f"The modality offset in {path} has {len(vector)} values, expected {expected_size} (the CLIP "
+            "projection size)."
+        )
+    return vector.tolist()
+
+
+# -- a run of train_capdec.py -----------------------------------------------------------------------------
+def setup_logging(training_args: Any) -> None:
+    """Log to stdout at the process's level (Trainer's `--log_level`), for our loggers, datasets and transformers."""
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    for name in ("train_capdec", "modeling_capdec"):
+        logging.getLogger(name).setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def check_run_arguments(data_args: Any, training_args: Any) -> None:
+    """Checks that would otherwise fail hours into a run."""
+    if data_args.train_source is None:
+        raise ValueError("Give the training corpus: --train_file, --dataset_dir or --dataset_name.")
+    if data_args.eval_source:
+        if shutil.which("java") is None:
+            from ..evaluation.metrics import JAVA_INSTALL_HINT
+
+            raise RuntimeError(JAVA_INSTALL_HINT)
+    elif training_args.eval_strategy != "no":
+        raise ValueError(
+            f"eval_strategy={training_args.eval_strategy.value!r} needs an eval set: give --eval_file or "
+            "--eval_dataset_dir (one row per image, with images and reference captions)."
+        )
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise ValueError(
+            "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
+            "must draw fresh noise): leave it off."
+        )
+    if data_args.mode == "supervised" and training_args.noise_variance > 0:
+        logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
+
+
+def checkpoint_to_resume(training_args: Any) -> str | None:
+    """`--resume_from_checkpoint`: a folder, or `last` for the newest `checkpoint-*` of the output folder."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint == "last":
+        output_dir = training_args.output_dir
+        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* in {output_dir}.")
+    elif checkpoint is not None and not os.path.isdir(checkpoint):
+        raise FileNotFoundError(f"Checkpoint folder not found: {checkpoint}")
+    return checkpoint
+
+
+def finish_run(
+    trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
+) -> None:
+    """After `trainer.train()`: save the Hub-ready folder and the state, score the eval set (unless the last
+    evaluation already scored these weights), write the predictions and the model card, push if asked."""
+    from ..evaluation.captioning import write_coco_results
+
+    args = trainer.args
+    trainer.save_model()  # model.save_pretrained (weights, config, code) + processor.save_pretrained
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    metrics = {}
+    if eval_set is not None:
+        already_scored = (
+            trainer.last_eval_step == trainer.state.global_step and not args.load_best_model_at_end
+        )
+        metrics = trainer.last_eval_metrics if already_scored else trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        if trainer.is_world_process_zero():
+            write_coco_results(trainer.last_eval_predictions, Path(args.output_dir, "eval_predictions.json"))
+    config = trainer.accelerator.unwrap_model(trainer.model).config
+    trainer.model_card_fields = model_card_fields(
+        config,
+        args,
+        clip_model=model_args.clip_model or config.clip_config.name_or_path or "CLIP",
+        decoder_model=model_args.decoder_model or config.text_config.name_or_path or "decoder",
+        mode=data_args.mode,
+        corpus=data_args.train_source,
+        cleaning_summary=cleaning.summary(),
+        corpus_size=cleaning.kept,
+        trained_steps=trainer.state.global_step,
+        trained_epochs=trainer.state.epoch,
+        eval_set=data_args.eval_source,
+        metrics=metrics,
+    )
+    trainer.create_model_card()
+    if args.push_to_hub:
+        trainer.push_to_hub()
+
+
+__all__ = [
+    "CapDecNoiseCallback",
+    "CapDecTrainer",
+    "check_run_arguments",
+    "checkpoint_to_resume",
+    "finish_run",
+    "load_capdec_for_training",
+    "load_modality_offset",
+    "setup_logging",
+]
