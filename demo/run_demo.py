@@ -260,26 +260,11 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
     figure.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    torch.set_num_threads(2)
-
-    stage("1/5 shapes world")
-    world = build_world(output_dir / "world", args.smoke, args.seed)
-    for split, data in world.items():
-        print(f"  {split}: {data.num_rows} rows")
-
-    stage("2/5 tiny CLIP and the decoder to start from")
-    print(f"  CLIP: {args.clip}")
-    decoder_init = build_decoder_init(
-        output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed
-    )
-    print(f"  decoder: tiny GPT-2 in {decoder_init}")
-
-    stage("3/5 text-only training (train_capdec.py)")
+def run_trainings(
+    args: argparse.Namespace, output_dir: Path, decoder_init: Path
+) -> tuple[dict[str, Path], dict]:
+    """Stage 3: the text-only runs (ε = 0.016 and 0; with --full the sweep and the supervised reference).
+    Returns each run's folder and wall time."""
     max_steps = args.max_steps or (5 if args.smoke else None)
     noise_levels = SWEEP if args.full else (0.016, 0.0)
     run_dirs: dict[str, Path] = {}
@@ -300,21 +285,27 @@ def main(argv: list[str] | None = None) -> dict:
     durations = train_runs(runs, args.jobs, output_dir)
     for name, seconds in durations.items():
         print(f"  {name}: {seconds:.0f} s")
+    return run_dirs, durations
 
-    stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
-    results: dict[str, dict[str, dict[str, float]]] = {}
+
+def caption_and_score(
+    world, run_dirs: dict[str, Path], clip: Path, images: dict[str, list]
+) -> tuple[dict, dict]:
+    """Stage 4: every run's captions of the test splits, the nearest-caption baseline's, and their scores."""
     predictions: dict[str, dict[str, list[str]]] = {}
-    images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run
     for name, model_dir in run_dirs.items():
         predictions[name] = {split: caption_split(model_dir, images[split]) for split in SPLITS}
     corpus = world["train_text"]["caption"][:]
-    predictions["nearest caption"] = nearest_caption_baseline(Path(args.clip), corpus, images)
-    for name, by_split in tqdm(predictions.items(), desc="scoring"):
-        results[name] = {
-            split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()
-        }
+    predictions["nearest caption"] = nearest_caption_baseline(clip, corpus, images)
+    results = {
+        name: {split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()}
+        for name, by_split in tqdm(predictions.items(), desc="scoring")
+    }
+    return predictions, results
 
-    stage("5/5 results")
+
+def report(output_dir: Path, results: dict, predictions: dict, images: dict[str, list], full: bool) -> str:
+    """Stage 5: the table and ratios on stdout, the gallery (and with --full the sweep plot); returns the table."""
     table = results_table(results)
     print(table)
     seen = {name: results[name]["test_seen"]["CIDEr"] for name in results}
@@ -324,15 +315,45 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"CIDEr test_seen, ε=0.016 / supervised: {seen['eps=0.016'] / seen['supervised']:.2f}×")
     gallery_images = images["test_seen"][:8] + images["test_heldout"][:4]
     titles = [f"seen #{i}" for i in range(8)] + [f"held-out #{i}" for i in range(4)]
+    n = len(gallery_images)
     gallery_captions = {
-        name: predictions[name]["test_seen"][:8] + predictions[name]["test_heldout"][:4]
+        name: (predictions[name]["test_seen"][:8] + predictions[name]["test_heldout"][:4])[:n]
         for name in ("eps=0.016", "eps=0")
     }
-    n = len(gallery_images)
-    gallery_captions = {k: v[:n] for k, v in gallery_captions.items()}
     write_gallery(output_dir / "gallery.png", gallery_images, gallery_captions, titles[:n])
-    if args.full:
+    if full:
         plot_sweep(output_dir / "cider_vs_noise.png", results, seen.get("supervised"))
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    torch.set_num_threads(2)
+
+    stage("1/5 shapes world")
+    world = build_world(output_dir / "world", args.smoke, args.seed)
+    for split, data in world.items():
+        print(f"  {split}: {data.num_rows} rows")
+
+    stage("2/5 tiny CLIP and the decoder to start from")
+    print(f"  CLIP: {args.clip}")
+    decoder_init = build_decoder_init(
+        output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed
+    )
+    print(f"  decoder: tiny GPT-2 in {decoder_init}")
+
+    stage("3/5 text-only training (train_capdec.py)")
+    run_dirs, durations = run_trainings(args, output_dir, decoder_init)
+
+    stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
+    images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run
+    predictions, results = caption_and_score(world, run_dirs, Path(args.clip), images)
+
+    stage("5/5 results")
+    table = report(output_dir, results, predictions, images, args.full)
     summary = {
         "results": results,
         "train_seconds": durations,

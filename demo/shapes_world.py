@@ -442,6 +442,49 @@ def render_scene(
     return (image, layout) if return_layout else image
 
 
+def _text_rows(
+    rng, num_train_texts: int, captions_per_scene: int, p_two_objects: float, bar
+) -> dict[str, list]:
+    """`train_text`: distinct paraphrases of scenes without a held-out pair, no images."""
+    rows: dict[str, list] = {"caption": [], "objects": []}
+    while len(rows["caption"]) < num_train_texts:
+        scene = sample_scene(rng, p_two_objects=p_two_objects, exclude=HELDOUT_COMBINATIONS)
+        count = min(captions_per_scene, num_paraphrases(scene), num_train_texts - len(rows["caption"]))
+        for template in rng.choice(num_paraphrases(scene), size=count, replace=False):
+            rows["caption"].append(caption_scene(scene, int(template)))
+            rows["objects"].append(scene.to_records())
+        bar.update(count)
+    return rows
+
+
+def _pair_rows(rng, num_train_pairs: int, image_size: int, p_two_objects: float, bar) -> dict[str, list]:
+    """`train_pairs`: an image and one random paraphrase per scene."""
+    rows: dict[str, list] = {"image": [], "caption": [], "objects": []}
+    for _ in range(num_train_pairs):
+        scene = sample_scene(rng, p_two_objects=p_two_objects, exclude=HELDOUT_COMBINATIONS)
+        rows["image"].append(render_scene(scene, image_size, rng))
+        rows["caption"].append(caption_scene(scene, rng))
+        rows["objects"].append(scene.to_records())
+        bar.update()
+    return rows
+
+
+def _test_rows(
+    rng, heldout: bool, num_test: int, image_size: int, p_two_objects: float, bar
+) -> dict[str, list]:
+    """A test split: every paraphrase of each scene as references; held-out scenes hold a held-out pair."""
+    rows: dict[str, list] = {"image_id": [], "image": [], "captions": [], "objects": []}
+    filters = {"require": HELDOUT_COMBINATIONS} if heldout else {"exclude": HELDOUT_COMBINATIONS}
+    for image_id in range(num_test):
+        scene = sample_scene(rng, p_two_objects=p_two_objects, **filters)
+        rows["image_id"].append(image_id)
+        rows["image"].append(render_scene(scene, image_size, rng))
+        rows["captions"].append(all_captions(scene))
+        rows["objects"].append(scene.to_records())
+        bar.update()
+    return rows
+
+
 def build_shapes_world(
     output_dir: str | Path | None = None,
     seed: int = 0,
@@ -492,33 +535,11 @@ def build_shapes_world(
         total=num_train_texts + num_train_pairs + 2 * num_test, desc="shapes world", disable=not progress
     )
 
-    text_rows: dict[str, list] = {"caption": [], "objects": []}
-    while len(text_rows["caption"]) < num_train_texts:
-        scene = sample_scene(text_rng, p_two_objects=p_two_objects, exclude=HELDOUT_COMBINATIONS)
-        count = min(captions_per_scene, num_paraphrases(scene), num_train_texts - len(text_rows["caption"]))
-        for template in text_rng.choice(num_paraphrases(scene), size=count, replace=False):
-            text_rows["caption"].append(caption_scene(scene, int(template)))
-            text_rows["objects"].append(scene.to_records())
-        bar.update(count)
-
-    pair_rows: dict[str, list] = {"image": [], "caption": [], "objects": []}
-    for _ in range(num_train_pairs):
-        scene = sample_scene(pairs_rng, p_two_objects=p_two_objects, exclude=HELDOUT_COMBINATIONS)
-        pair_rows["image"].append(render_scene(scene, image_size, pairs_rng))
-        pair_rows["caption"].append(caption_scene(scene, pairs_rng))
-        pair_rows["objects"].append(scene.to_records())
-        bar.update()
+    text_rows = _text_rows(text_rng, num_train_texts, captions_per_scene, p_two_objects, bar)
+    pair_rows = _pair_rows(pairs_rng, num_train_pairs, image_size, p_two_objects, bar)
 
     def test_split(rng: np.random.Generator, heldout: bool) -> Dataset:
-        rows: dict[str, list] = {"image_id": [], "image": [], "captions": [], "objects": []}
-        for image_id in range(num_test):
-            filters = {"require": HELDOUT_COMBINATIONS} if heldout else {"exclude": HELDOUT_COMBINATIONS}
-            scene = sample_scene(rng, p_two_objects=p_two_objects, **filters)
-            rows["image_id"].append(image_id)
-            rows["image"].append(render_scene(scene, image_size, rng))
-            rows["captions"].append(all_captions(scene))
-            rows["objects"].append(scene.to_records())
-            bar.update()
+        rows = _test_rows(rng, heldout, num_test, image_size, p_two_objects, bar)
         features = Features(
             image_id=Value("int32"),
             image=ImageFeature(),

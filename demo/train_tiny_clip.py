@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +76,75 @@ class TinyClipArguments:
     )
 
 
+def build_model(args: TinyClipArguments, tokenizer) -> tuple[CLIPModel, torch.optim.Optimizer, Any]:
+    """The CLIP (temperature pinned), AdamW without decay on biases and norms, and the cosine schedule."""
+    config = tiny_clip_config(
+        tokenizer,
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        projection_dim=args.projection_dim,
+        logit_scale=args.logit_scale,
+    )
+    model = CLIPModel(config)
+    model.logit_scale.requires_grad_(False)
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.learning_rate,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    return model, optimizer, get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+
+
+def train(
+    args: TinyClipArguments,
+    model: CLIPModel,
+    optimizer: torch.optim.Optimizer,
+    schedule: Any,
+    pixel_values: torch.Tensor,
+    paraphrase_ids: torch.Tensor,
+    num_paraphrases: torch.Tensor,
+    scene_ids: torch.Tensor,
+    evaluate_seen: Callable[[], dict],
+) -> list[float]:
+    """The contrastive training loop; returns the loss of every step."""
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(len(scene_ids), generator=generator)
+    cursor = 0
+    model.train()
+    started = time.perf_counter()
+    losses = []
+    for step in range(1, args.max_steps + 1):
+        if cursor + args.batch_size > len(order):
+            order, cursor = torch.randperm(len(scene_ids), generator=generator), 0
+        batch = order[cursor : cursor + args.batch_size]
+        cursor += args.batch_size
+        choice = (torch.rand(len(batch), generator=generator) * num_paraphrases[batch]).long()
+        # Padding is <|endoftext|> and the text model pools at the first one; causal attention keeps
+        # the padding after it out of the pooled state, so no attention mask is needed.
+        outputs = model(input_ids=paraphrase_ids[batch, choice], pixel_values=pixel_values[batch])
+        loss = soft_clip_loss(outputs.logits_per_image, scene_ids[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % args.log_every == 0 or step == args.max_steps:
+            elapsed = time.perf_counter() - started
+            print(f"step {step:5d}  loss {np.mean(losses[-args.log_every :]):.4f}  {elapsed:6.1f}s")
+        if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+            metrics = evaluate_seen()
+            shown = {k: v for k, v in metrics.items() if k.startswith(("recall", "zero", "cent"))}
+            print("  " + "  ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+            model.train()
+    return losses
+
+
 def main(args: TinyClipArguments) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(args.num_threads)
@@ -100,66 +171,23 @@ def main(args: TinyClipArguments) -> dict:
         for split in ("test_seen", "test_heldout")
     }
 
-    config = tiny_clip_config(
-        tokenizer,
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        hidden_size=args.hidden_size,
-        num_layers=args.num_layers,
-        projection_dim=args.projection_dim,
-        logit_scale=args.logit_scale,
-    )
-    model = CLIPModel(config)
-    model.logit_scale.requires_grad_(False)
+    model, optimizer, schedule = build_model(args, tokenizer)
     num_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"tiny CLIP: {num_parameters / 1e6:.3f}M trainable parameters, {len(tokenizer)} tokens")
-
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.learning_rate,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
-    schedule = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-
-    generator = torch.Generator().manual_seed(args.seed)
-    order = torch.randperm(len(scenes), generator=generator)
-    cursor = 0
-    model.train()
     train_started = time.perf_counter()
-    losses = []
-    for step in range(1, args.max_steps + 1):
-        if cursor + args.batch_size > len(order):
-            order, cursor = torch.randperm(len(scenes), generator=generator), 0
-        batch = order[cursor : cursor + args.batch_size]
-        cursor += args.batch_size
-        choice = (torch.rand(len(batch), generator=generator) * num_paraphrases[batch]).long()
-        # Padding is <|endoftext|> and the text model pools at the first one; causal attention keeps
-        # the padding after it out of the pooled state, so no attention mask is needed.
-        outputs = model(input_ids=paraphrase_ids[batch, choice], pixel_values=pixel_values[batch])
-        loss = soft_clip_loss(outputs.logits_per_image, scene_ids[batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % args.log_every == 0 or step == args.max_steps:
-            elapsed = time.perf_counter() - train_started
-            print(f"step {step:5d}  loss {np.mean(losses[-args.log_every :]):.4f}  {elapsed:6.1f}s")
-        if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-            metrics = evaluate_tiny_clip(
-                model, processor, list(world["test_seen"]["image"]), test_scenes["test_seen"]
-            )
-            print(
-                "  "
-                + "  ".join(
-                    f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("recall", "zero", "cent"))
-                )
-            )
-            model.train()
+    losses = train(
+        args,
+        model,
+        optimizer,
+        schedule,
+        pixel_values,
+        paraphrase_ids,
+        num_paraphrases,
+        scene_ids,
+        lambda: evaluate_tiny_clip(
+            model, processor, list(world["test_seen"]["image"]), test_scenes["test_seen"]
+        ),
+    )
     train_seconds = time.perf_counter() - train_started
 
     report = {"arguments": asdict(args), "num_parameters": num_parameters, "train_seconds": train_seconds}
