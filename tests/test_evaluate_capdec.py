@@ -179,6 +179,8 @@ def test_eval_set_rejects_repeated_image_ids():
 def test_main_captions_and_scores_with_a_fake_model(karpathy, tmp_path, monkeypatch):
     path, image_root = karpathy
 
+    created = []
+
     class FakeModelClass:
         @staticmethod
         def from_pretrained(name):
@@ -186,6 +188,7 @@ def test_main_captions_and_scores_with_a_fake_model(karpathy, tmp_path, monkeypa
             model = FakeModel()
             model.to = lambda device: model
             model.eval = lambda: model
+            created.append(model)
             return model
 
     class FakeProcessorClass:
@@ -201,9 +204,16 @@ def test_main_captions_and_scores_with_a_fake_model(karpathy, tmp_path, monkeypa
         image_root=str(image_root),
         output_dir=str(tmp_path / "eval"),
         batch_size=2,
+        num_beams=3,
+        max_new_tokens=7,
         metrics=["BLEU", "CIDEr"],
     )
     metrics = evaluate_capdec.evaluate(args)
+    # the generation settings reach the model, batch by batch
+    assert created[0].calls == [
+        (2, {"num_beams": 3, "max_new_tokens": 7}),
+        (1, {"num_beams": 3, "max_new_tokens": 7}),
+    ]
 
     results = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert results == [{"image_id": 100 + i, "caption": c} for i, c in enumerate(CAPTIONS)]
@@ -247,3 +257,13 @@ def test_predictions_mode_end_to_end(karpathy, tmp_path):
     assert metrics["ROUGE-L"] == pytest.approx(1.0)
     assert metrics["CIDEr"] == pytest.approx(10.0)
     assert not (output_dir / "predictions.json").exists()  # the input file is not rewritten
+
+
+def test_caption_length_defaults_to_the_models_own():
+    """Without --max_new_tokens the model's default caption length applies (67 tokens, as the original code)."""
+    args = evaluate_capdec.EvaluateArguments(predictions="p.json", eval_file="e.json")
+    assert args.generate_kwargs() == {"num_beams": 1}
+    (parsed,) = evaluate_capdec.parse_recipe_and_args(
+        (evaluate_capdec.EvaluateArguments,), ["--model", "m", "--annotations", "a.json", "--limit", "5"]
+    )
+    assert (parsed.eval_file, parsed.max_samples) == ("a.json", 5)  # the old flag names still work
