@@ -3,6 +3,7 @@ installs (commands, the packaged metric, the model-card template), and what a sa
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -137,3 +138,30 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert float(result.stdout.strip().splitlines()[-1]) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "processing.karpathy",
+        "processing.flickrstyle",
+        "processing.text_corpus",
+        "processing.gender_balance",
+        "demo.run_demo",
+        "demo.shapes_world",
+        "demo.train_tiny_clip",
+        "benchmarks.bench_captioning",
+        "benchmarks.bench_embedding",
+        "benchmarks.bench_memory",
+        "benchmarks.bench_training",
+    ],
+)
+def test_every_command_prints_its_help(module, monkeypatch, capsys):
+    """A user's first command: `python -m <command> --help` (an unescaped % in a help string crashes it).
+    Run in this process with runpy, as `python -m` runs it, to spare a torch import per command."""
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    assert exit_info.value.code in (0, None)
+    output = capsys.readouterr().out
+    assert output.startswith("usage:") and "--" in output
