@@ -1,0 +1,102 @@
+"""The README's code runs: every Python block executes with tiny local models in place of the Hub names, and every
+`capdec-train` / `capdec-evaluate` command line (README and configuration/README) parses with today's flags."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling_capdec.commands.recipes import parse_recipe_and_args
+from modeling_capdec.evaluation.arguments import EvaluateArguments
+from tests.tiny_models import tiny_model, tiny_processor
+from train_capdec import ARGUMENT_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = [REPO / "README.md", REPO / "configuration" / "README.md"]
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def _command_lines(text: str) -> list[list[str]]:
+    """Each shell command of a bash block, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    commands = []
+    for line in joined.splitlines():
+        line = line.split(" #")[0].strip()
+        if line and not line.startswith("#"):
+            commands.append(shlex.split(line))
+    return commands
+
+
+@pytest.fixture(scope="module")
+def hub_stand_ins(tmp_path_factory, images) -> dict[str, str]:
+    """Tiny local folders and files standing in for what the README names on the Hub and on disk."""
+    root = tmp_path_factory.mktemp("readme")
+    processor = tiny_processor()
+    model = tiny_model(processor, seed=3)
+    model.clip.save_pretrained(root / "clip")
+    processor.image_processor.save_pretrained(root / "clip")
+    processor.clip_tokenizer.save_pretrained(root / "clip")
+    model.decoder.save_pretrained(root / "gpt2")
+    processor.tokenizer.save_pretrained(root / "gpt2")
+    for name, image in zip(("a.jpg", "b.png", "photo.jpg", "dog.jpg"), images, strict=False):
+        image.save(root / name)
+    return {"openai/clip-vit-base-patch32": str(root / "clip"), "gpt2": str(root / "gpt2"), "root": str(root)}
+
+
+@pytest.mark.parametrize("index", range(len(_blocks(REPO / "README.md", "python"))))
+def test_readme_python_blocks_run(index, hub_stand_ins):
+    code = _blocks(REPO / "README.md", "python")[index]
+    for hub_name in ("openai/clip-vit-base-patch32", "gpt2"):
+        code = code.replace(f'"{hub_name}"', json.dumps(hub_stand_ins[hub_name]))
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=hub_stand_ins["root"],  # relative paths of the example ("out", "a.jpg") land here
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"README python block {index}:\n{code}\n{result.stderr[-3000:]}"
+
+
+def test_documented_commands_parse_with_todays_flags():
+    parsed = 0
+    for document in DOCUMENTS:
+        for block in _blocks(document, "bash"):
+            for command in _command_lines(block):
+                arguments = _arguments_of(command)
+                if arguments is None:
+                    continue
+                classes, argv = arguments
+                argv = [a for a in argv if a != "..."]  # "capdec-train ... --resume_from_checkpoint x"
+                argv = [a.replace("$eps", "0.004") for a in argv]  # the noise sweep's shell loop
+                if argv and argv[0].endswith((".json", ".yaml")):
+                    argv[0] = str(REPO / argv[0])  # recipes are named from the repository root
+                if classes is ARGUMENT_CLASSES:
+                    argv.append("--use_cpu")  # --bf16 is refused at parse time on a machine without a GPU
+                parse_recipe_and_args(classes, argv)
+                parsed += 1
+    assert parsed >= 6  # the README's training and evaluation commands are found at all
+
+
+def _arguments_of(command: list[str]) -> tuple[tuple, list[str]] | None:
+    """The argument classes and arguments of a documented training or evaluation command, else None."""
+    if command[:1] == ["capdec-train"]:
+        return ARGUMENT_CLASSES, command[1:]
+    if command[:1] == ["capdec-evaluate"]:
+        return (EvaluateArguments,), command[1:]
+    for script, classes in (
+        ("train_capdec.py", ARGUMENT_CLASSES),
+        ("evaluate_capdec.py", (EvaluateArguments,)),
+    ):
+        if script in command:
+            return classes, command[command.index(script) + 1 :]
+    return None
