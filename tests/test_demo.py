@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from datasets import load_from_disk
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,6 +30,26 @@ def test_demo_smoke_run_completes(tmp_path):
             assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact"} <= set(metrics)
     predictions = json.loads((output / "predictions.json").read_text())
     assert all(len(texts) == 12 for by_split in predictions.values() for texts in by_split.values())
+    # The numbers are the predictions' scores: exact match recomputed from the written world and predictions,
+    # and the nearest-caption baseline only ever answers with a training caption.
+    world = load_from_disk(str(output / "world"))
+    corpus = set(world["train_text"]["caption"][:])
+    for run, by_split in predictions.items():
+        for split, texts in by_split.items():
+            references = world[split]["captions"][:]
+            exact = (
+                sum(
+                    t.strip().lower() in {r.lower() for r in refs}
+                    for t, refs in zip(texts, references, strict=True)
+                )
+                / 12
+            )
+            assert summary["results"][run][split]["exact"] == pytest.approx(exact), (run, split)
+            assert all(0 <= summary["results"][run][split][m] <= 10 for m in ("BLEU-4", "CIDEr"))
+    assert set(predictions["nearest caption"]["test_seen"]) <= corpus
+    table = (output / "results.md").read_text()
+    cider = summary["results"]["nearest caption"]["test_seen"]["CIDEr"]
+    assert "| nearest caption | test_seen |" in table and f"{cider:.3f}" in table
     # both trained folders are Hub-ready and hold a filled model card
     for run in ("eps_0.016", "eps_0"):
         folder = output / "runs" / run
