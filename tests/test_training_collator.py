@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,6 +131,7 @@ def test_embed_on_the_fly_returns_clip_tokens(processor):
     expected = processor(clip_text=captions, return_tensors="pt")
     assert torch.equal(batch["clip_input_ids"], expected["clip_input_ids"])
     assert batch["example_id"].tolist() == [7, 8]
+    assert torch.equal(batch["clip_attention_mask"], expected["clip_attention_mask"])
     # The model never draws noise: no flag for it, no embeddings yet (the trainer embeds, the collator noises).
     assert "inject_noise" not in batch and "clip_embeds" not in batch
 
@@ -181,3 +183,112 @@ def test_inject_noise_takes_drawn_noise_and_checks_its_shape():
     torch.testing.assert_close(inject_noise(embeds, EPS, noise=drawn), expected, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"noise has shape \(2, 512\), the embeddings \(3, 512\)"):
         inject_noise(embeds, EPS, noise=torch.zeros(2, DIM))
+
+
+# -- what a mutation audit found unguarded (tests/README.md) ---------------------------------------------------
+def test_noise_keeps_the_input_dtype_and_is_computed_in_float32(unit_embedding):
+    from modeling_capdec.training.noise import inject_noise
+
+    embeds = unit_embedding.expand(3, DIM).to(torch.bfloat16)
+    noised = inject_noise(embeds, EPS, generator=torch.Generator().manual_seed(0))
+    reference = inject_noise(embeds.float(), EPS, generator=torch.Generator().manual_seed(0))
+    assert noised.dtype == torch.bfloat16
+    torch.testing.assert_close(noised, reference.to(torch.bfloat16), atol=0, rtol=0)
+    offset = inject_noise(embeds, 0.0, modality_offset=[0.5] + [0.0] * (DIM - 1))
+    assert offset.dtype == torch.bfloat16 and offset.shape == embeds.shape
+
+
+@pytest.mark.parametrize("dim", [2, 512])
+def test_uniform_noise_fills_the_ball_uniformly(dim):
+    """Uniform in a d-ball of radius r: |n| = r U^(1/d), so E|n| = r d/(d+1), and directions are isotropic."""
+    from modeling_capdec.training.noise import sample_noise
+
+    noise = sample_noise((ROWS, dim), EPS, "uniform", generator=torch.Generator().manual_seed(0))
+    radius = math.sqrt(EPS)
+    norms = noise.norm(dim=-1) / radius
+    assert norms.max() <= 1 + 1e-6
+    expected, spread = (
+        dim / (dim + 1),
+        math.sqrt(dim / ((dim + 2) * (dim + 1) ** 2)),
+    )  # mean and std of U^(1/d)
+    assert abs(norms.mean().item() - expected) < 5 * spread / math.sqrt(ROWS)
+    directions = F.normalize(noise, dim=-1)
+    assert directions.mean(dim=0).norm() < 5 / math.sqrt(ROWS)  # no preferred direction
+    if dim == 2:  # area: a quarter of the disc lies within half the radius
+        assert abs((norms < 0.5).float().mean().item() - 0.25) < 5 * math.sqrt(0.25 * 0.75 / ROWS)
+
+
+def test_uniform_noise_is_replayed_from_each_examples_generator(processor, unit_embedding):
+    from modeling_capdec.training.noise import sample_noise
+
+    embeds = unit_embedding.expand(8, DIM)
+    noised = CapDecDataCollator(
+        processor, noise_variance=EPS, noise_type="uniform", seed=4, epoch=1
+    ).add_noise(embeds, example_ids=list(range(8)))
+    replayed = torch.cat(
+        [sample_noise((1, DIM), EPS, "uniform", generator=example_noise_generator(4, 1, i)) for i in range(8)]
+    )
+    torch.testing.assert_close(noised, F.normalize(embeds + replayed, dim=-1), atol=1e-6, rtol=0)
+
+
+def test_without_example_ids_the_noise_follows_the_collators_seed(processor):
+    embeds = F.normalize(torch.randn(4, DIM, generator=torch.Generator().manual_seed(1)), dim=-1)
+    plain = [{"input_ids": [1, 0], "clip_embeds": row.numpy()} for row in embeds]
+    offset = [0.05] * DIM
+    first = CapDecDataCollator(processor, noise_variance=EPS, seed=9, modality_offset=offset)(plain)
+    again = CapDecDataCollator(processor, noise_variance=EPS, seed=9, modality_offset=offset)(plain)
+    torch.testing.assert_close(first["clip_embeds"], again["clip_embeds"], atol=0, rtol=0)
+    no_noise = CapDecDataCollator(processor, noise_variance=0.0, modality_offset=offset)(plain)
+    torch.testing.assert_close(no_noise["clip_embeds"], F.normalize(embeds + torch.tensor(offset), dim=-1))
+
+
+def test_example_noise_generator_mixes_all_three_numbers_into_64_bits():
+    high, low = np.random.SeedSequence([3, 2, 1]).generate_state(2, dtype=np.uint32)
+    assert example_noise_generator(3, 2, 1).initial_seed() == (int(high) << 32) | int(low)
+    for bad in ((-1, 0, 0), (0, -1, 0), (0, 0, -1)):
+        with pytest.raises(ValueError, match=r"seed, epoch and example_id must be >= 0, got \("):
+            example_noise_generator(*bad)
+
+
+def test_captions_are_padded_with_the_decoders_pad_token(processor):
+    import copy
+
+    with_pad = copy.deepcopy(processor)
+    with_pad.tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    pad_id = with_pad.tokenizer.pad_token_id
+    assert pad_id != with_pad.tokenizer.eos_token_id
+    batch = CapDecDataCollator(with_pad, noise_variance=0.0).pad_captions([[5, 6, 0], [7, 0]])
+    assert batch["input_ids"].tolist() == [[5, 6, 0], [7, 0, pad_id]]
+    assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.long
+    assert batch["labels"].tolist() == [[5, 6, 0], [7, 0, -100]]
+
+
+def test_collator_errors_name_the_example_and_the_setting(processor):
+    features = [{"input_ids": [1, 0], "clip_embeds": [0.0] * DIM}, {"input_ids": [1, 0]}]
+    with pytest.raises(KeyError, match=r"Example 1 of the batch has no 'clip_embeds'"):
+        CapDecDataCollator(processor)(features)
+    with pytest.raises(KeyError, match=r"Example 0 of the batch has no 'caption'.*needs the caption text"):
+        CapDecDataCollator(processor, embed_on_the_fly=True)([{"input_ids": [1, 0]}])
+    with pytest.raises(ValueError, match="Cannot collate an empty batch"):
+        CapDecDataCollator(processor)([])
+    for kwargs, message in (
+        ({"mode": "images"}, "mode must be 'text' or 'supervised', got 'images'"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
+        ({"pad_to_multiple_of": 0}, "pad_to_multiple_of must be >= 1, got 0"),
+        ({"noise_type": "pink"}, r"noise_type must be one of \['gaussian', 'uniform'\], got 'pink'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CapDecDataCollator(processor, **kwargs)
+    assert CapDecDataCollator(processor, noise_variance=0.0, pad_to_multiple_of=1).pad_captions([[1, 0]])[
+        "input_ids"
+    ].shape == (1, 2)
+    with pytest.raises(ValueError, match="2 example ids for 1 embeddings"):
+        CapDecDataCollator(processor).add_noise(torch.ones(1, DIM), example_ids=[0, 1])
+
+
+def test_precomputed_embeddings_of_any_type_become_float32(processor):
+    rows = torch.eye(2, DIM, dtype=torch.float64)
+    features = [{"input_ids": [1, 0], "clip_embeds": row} for row in rows]
+    batch = CapDecDataCollator(processor, noise_variance=0.0)(features)
+    assert batch["clip_embeds"].dtype == torch.float32
+    torch.testing.assert_close(batch["clip_embeds"], rows.float())
