@@ -1,5 +1,7 @@
 """CapDecProcessor: CLIP image processor + decoder tokenizer + CLIP tokenizer, and robust image loading."""
 
+import base64
+import binascii
 import io
 import os
 import urllib.request
@@ -19,9 +21,13 @@ class ImageLoadError(ValueError):
 
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return repr(str(source))
-    if isinstance(source, bytes):
+        text = str(source)
+        # A base64 image is megabytes of text: name it by its start and length, not in full.
+        return repr(text) if len(text) <= 200 else f"{text[:40]!r}... ({len(text)} characters)"
+    if isinstance(source, (bytes, bytearray)):
         return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<ndarray {source.dtype} {source.shape}>"
     return f"<{type(source).__name__}>"
 
 
@@ -44,54 +50,95 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> Image.Image:
-    """Load one image as RGB from a path, URL, bytes, numpy array or PIL image.
+def _decode_base64(text: str) -> bytes | None:
+    """The bytes of a base64 image string (optionally a `data:image/...;base64,` URI), or None if it is not one."""
+    if text.startswith("data:image/"):
+        text = text.partition(",")[2]
+    # Strict decoding: a path such as "photos/cat.jpg" is not valid base64 (the dot), so it is never misread.
+    try:
+        return base64.b64decode("".join(text.split()), validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
 
-    Raises `ImageLoadError` naming the batch `index` and the source when the file is missing, truncated or
-    not an image, or the URL cannot be fetched.
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    # Image.fromarray turns a 1-D array into a 1×N image without a word: only (H, W) and (H, W, C) are images.
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageLoadError(
+            f"expected an array of shape (height, width) or (height, width, 3 or 4 channels), got shape "
+            f"{array.shape}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    return Image.fromarray(array)
+
+
+def _open(source: Any, timeout: float) -> Image.Image:
+    """Open one source as a PIL image; raises `ImageLoadError` (a reason only, without the index) or PIL's errors."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _array_to_image(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError("the bytes are empty")
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        if text.startswith(("http://", "https://")):
+            with urllib.request.urlopen(text, timeout=timeout) as response:
+                return Image.open(io.BytesIO(response.read()))
+        if os.path.isfile(text):
+            return Image.open(text)
+        if os.path.isdir(text):
+            raise ImageLoadError("it is a folder, not an image file")
+        data = _decode_base64(text) if isinstance(source, str) else None
+        if data is None:
+            raise ImageLoadError("no such file (nor a URL or a base64-encoded image)")
+        return Image.open(io.BytesIO(data))
+    raise ImageLoadError(
+        f"expected a path, URL, base64 string, bytes, numpy array or PIL image, got {type(source).__name__}"
+    )
+
+
+def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> Image.Image:
+    """Load one image as RGB from a path, URL, base64 string (or `data:image/` URI), bytes, numpy array
+    (`(H, W)` or `(H, W, 3|4)`) or PIL image.
+
+    This is the one validation of an image: `ImageLoadError` names the batch `index`, the source and the reason
+    when the file is missing, truncated or not an image, the URL cannot be fetched, the array is not 2-D or 3-D
+    with 3 or 4 channels, or the image has no pixels (a width or height of 0).
 
     Example:
 
     ```python
     >>> from modeling_capdec.processing_capdec import load_image
-    >>> load_image("cat.png").mode
+    >>> load_image("cat.png").mode  # doctest: +SKIP
     'RGB'
     ```
     """
     where = f"image {index} ({_describe(source)})" if index is not None else f"image {_describe(source)}"
     try:
-        if isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, np.ndarray):
-            image = Image.fromarray(source)
-        elif isinstance(source, bytes):
-            image = Image.open(io.BytesIO(source))
-        elif isinstance(source, (str, os.PathLike)):
-            text = str(source)
-            if text.startswith(("http://", "https://")):
-                with urllib.request.urlopen(text, timeout=timeout) as response:
-                    image = Image.open(io.BytesIO(response.read()))
-            else:
-                if not os.path.exists(text):
-                    raise ImageLoadError(f"Cannot load {where}: no such file.")
-                image = Image.open(text)
-        else:
-            raise ImageLoadError(
-                f"Cannot load {where}: expected a path, URL, bytes, numpy array or PIL image, "
-                f"got {type(source).__name__}."
-            )
+        image = _open(source, timeout)
         image.load()  # decode now, so a truncated file fails here with its index
+        if image.width == 0 or image.height == 0:
+            raise ImageLoadError(f"it has no pixels (size {image.width}×{image.height})")
         return to_rgb(image)
-    except ImageLoadError:
-        raise
+    except ImageLoadError as error:
+        raise ImageLoadError(f"Cannot load {where}: {error}.") from None
     except Exception as error:  # PIL's UnidentifiedImageError/OSError, URL errors, decoder errors
         raise ImageLoadError(f"Cannot load {where}: {type(error).__name__}: {error}") from error
 
 
 def load_images(sources: Any) -> list[Image.Image]:
-    """Load a batch (or one image) as RGB, reporting a bad entry by its index."""
+    """Load a batch (or one image) as RGB, reporting a bad entry by its index; an empty batch raises."""
     if isinstance(sources, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
         sources = [sources]
+    sources = list(sources)
+    if not sources:
+        raise ImageLoadError("No images given: the list of images is empty.")
     return [load_image(source, index) for index, source in enumerate(sources)]
 
 

@@ -1,5 +1,6 @@
 """CapDecProcessor and image loading: RGB conversion, bad inputs named by index, round trips."""
 
+import base64
 import io
 
 import numpy as np
@@ -116,3 +117,49 @@ def test_load_image_from_bytes_io_buffer(images):
     buffer = io.BytesIO()
     images[1].save(buffer, format="PNG")
     assert load_image(buffer.getvalue()).size == images[1].size
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        (np.zeros(12, dtype=np.uint8), r"shape \(12,\)"),
+        (np.zeros((4, 5, 2), dtype=np.uint8), r"shape \(4, 5, 2\)"),
+        (np.zeros((0, 0, 3), dtype=np.uint8), "no pixels"),
+        (np.zeros((2, 3, 4, 5), dtype=np.uint8), r"shape \(2, 3, 4, 5\)"),
+        (b"", "bytes are empty"),
+        ("not-a-file-nor-base64.png", "no such file"),
+        (None, "got NoneType"),
+    ],
+)
+def test_malformed_images_are_refused_with_index_and_reason(images, source, reason):
+    with pytest.raises(ImageLoadError, match=rf"Cannot load image 1 .*{reason}"):
+        load_images([images[0], source])
+
+
+def test_zero_sized_image_file_names_its_index(tmp_path, images):
+    with pytest.raises(ImageLoadError, match=r"image 0 .*no pixels \(size 0×0\)"):
+        load_images([Image.new("RGB", (0, 0))])
+
+
+def test_empty_image_list_is_refused(processor):
+    with pytest.raises(ImageLoadError, match="No images given"):
+        processor(images=[])
+
+
+def test_base64_strings_and_data_uris_are_images(images):
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    expected = np.asarray(load_image(images[0]))
+    assert np.array_equal(np.asarray(load_image(encoded)), expected)
+    assert np.array_equal(np.asarray(load_image("data:image/png;base64," + encoded)), expected)
+    # Valid base64 that is not an image is reported by index, and the message shows only its start.
+    garbage = base64.b64encode(b"hello" * 100).decode()
+    with pytest.raises(ImageLoadError, match=r"image 0 .*\.\.\. \(\d+ characters\)") as error:
+        load_images([garbage])
+    assert garbage not in str(error.value)
+
+
+def test_grayscale_arrays_with_a_channel_axis_are_accepted():
+    assert load_image(np.zeros((6, 7, 1), dtype=np.uint8)).size == (7, 6)
+    assert load_image(np.ones((6, 7), dtype=bool)).getpixel((0, 0)) == (255, 255, 255)
