@@ -314,3 +314,76 @@ def test_modality_offset_files(parts, tmp_path):
     np.save(tmp_path / "short.npy", vector[:3])
     with pytest.raises(ValueError, match="short.npy has 3 values, expected 16"):
         main(cli(parts, tmp_path / "out", "--modality_offset_file", str(tmp_path / "short.npy")))
+
+
+def test_non_finite_noise_settings_are_refused_before_training(parts, tmp_path):
+    for value in ("inf", "nan", "-1"):
+        with pytest.raises(ValueError, match=rf"noise_variance must be a finite number >= 0, got {value}"):
+            main(cli(parts, tmp_path / "out", "--max_steps", "1", "--noise_variance", value))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(parts, tmp_path, monkeypatch, caplog):
+    from modeling_capdec.training.collator import CapDecDataCollator
+    from modeling_capdec.training.trainer import NonFiniteTrainingError
+
+    collate, calls = CapDecDataCollator.__call__, []
+
+    def poisoned(self, features):
+        batch = collate(self, features)
+        calls.append(1)
+        if len(calls) == 5:  # the batch of step 5: its embeddings, hence loss and gradients, are NaN
+            batch["clip_embeds"] = torch.full_like(batch["clip_embeds"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(CapDecDataCollator, "__call__", poisoned)
+    output_dir = tmp_path / "out"
+    arguments = cli(parts, output_dir, *"--max_steps 8 --save_steps 2 --logging_steps 1".split())
+    with pytest.raises(
+        NonFiniteTrainingError, match=r"stopped at step 5: the loss or gradients are not finite"
+    ):
+        main(arguments)
+    checkpoints = sorted(path.name for path in output_dir.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    weights = load_file(output_dir / "checkpoint-4" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    assert not (output_dir / "model.safetensors").exists()  # no final save of a broken run
+
+    # The error names the checkpoint to resume from; resuming (without the poisoned batch) finishes the run.
+    monkeypatch.setattr(CapDecDataCollator, "__call__", collate)
+    trainer = main(arguments + ["--resume_from_checkpoint", "last"])
+    assert trainer.state.global_step == 8
+
+
+def test_resume_last_skips_half_written_checkpoints(parts, tmp_path, caplog):
+    import shutil
+
+    from modeling_capdec.training.trainer import checkpoint_to_resume
+
+    output_dir = tmp_path / "out"
+    main(cli(parts, output_dir, *"--max_steps 2 --save_steps 2".split()))
+    good = output_dir / "checkpoint-2"
+    # What kill -9 during a save leaves: a folder without trainer_state.json (written last), or with cut files.
+    for step, damage in ((4, "no state"), (6, "cut weights"), (8, "cut optimizer")):
+        broken = output_dir / f"checkpoint-{step}"
+        shutil.copytree(good, broken)
+        if damage == "no state":
+            (broken / "trainer_state.json").unlink()
+        else:
+            name = "model.safetensors" if damage == "cut weights" else "optimizer.pt"
+            data = (broken / name).read_bytes()
+            (broken / name).write_bytes(data[: len(data) // 2])
+    args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(output_dir))
+    with caplog.at_level("WARNING"):
+        assert checkpoint_to_resume(args) == str(good)
+    messages = caplog.text
+    assert "checkpoint-8: optimizer.pt is truncated" in messages
+    assert "checkpoint-6: model.safetensors cannot be read" in messages
+    assert "checkpoint-4: no trainer_state.json" in messages
+    args.resume_from_checkpoint = str(output_dir / "checkpoint-4")
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint-4: no trainer_state.json"):
+        checkpoint_to_resume(args)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint_to_resume(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(empty)))
