@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
-from .processing_capdec import ImageLoadError, load_image
+from .processing_capdec import ImageLoadError, check_processor_matches_model, load_image
 
 logger = logging.getLogger(__name__)
 ON_BAD_IMAGE = ("raise", "skip")
@@ -40,6 +40,11 @@ class CapDecImageToTextPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     _pipeline_calls_generate = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A processor of another model would caption with wrong token meanings: refuse it when the pipeline is built.
+        check_processor_matches_model(self.processor, self.model)
 
     def _sanitize_parameters(
         self,

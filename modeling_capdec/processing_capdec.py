@@ -19,6 +19,101 @@ class ImageLoadError(ValueError):
     """An image in a batch could not be read; the message names its index and source."""
 
 
+# Any one of these makes a folder loadable as a tokenizer (tokenizer_config.json alone does not).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "tekken.json",
+)
+# ProcessorMixin saves the second tokenizer in a subfolder named after its attribute.
+CLIP_TOKENIZER_FOLDER = "clip_tokenizer"
+
+
+def _check_saved_processor_folder(folder: str) -> None:
+    """A local processor folder holds both tokenizers: transformers would otherwise fall back to the root's
+    (decoder) tokenizer for a missing `clip_tokenizer/`, or fail with a message about sentencepiece/tiktoken."""
+    for where, role in ((folder, "decoder"), (os.path.join(folder, CLIP_TOKENIZER_FOLDER), "CLIP")):
+        if not os.path.isdir(where):
+            raise FileNotFoundError(
+                f"Cannot load the CapDec processor from {folder}: the {role} tokenizer folder {where} is missing "
+                "(save the processor with CapDecProcessor.save_pretrained, or copy the tokenizer files there)."
+            )
+        if not any(os.path.isfile(os.path.join(where, name)) for name in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"Cannot load the CapDec processor from {folder}: the {role} tokenizer folder {where} holds no "
+                f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})."
+            )
+
+
+def _vocabulary_rows(module: Any, config: Any) -> int | None:
+    """Rows of a model's input embedding table (the ids it can look up), or the config's vocab_size."""
+    try:
+        return int(module.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):
+        return getattr(config, "vocab_size", None)
+
+
+def check_processor_matches_model(processor: "CapDecProcessor", model: Any) -> None:
+    """Refuse tokenizers that do not fit the model: a mismatch either crashes deep in a forward (an id past the
+    embedding table) or, worse, trains and captions with the wrong token meanings without a word.
+
+    - the decoder tokenizer has no more tokens than the decoder's embedding rows (fewer is fine: embeddings are
+      often padded), and its eos is the decoder's eos (training teaches this token; generation stops at that one);
+    - the CLIP tokenizer has exactly as many tokens as CLIP's text embeddings, and its eos is CLIP's (CLIP pools
+      the text at the eos position; configs with the legacy eos id 2 find it by argmax and are not compared).
+
+    Example:
+
+    ```python
+    >>> check_processor_matches_model(processor, model)  # doctest: +SKIP
+    ```
+    """
+    config = model.config
+    problems = []
+    decoder_config = config.text_config.get_text_config()
+    decoder_rows = _vocabulary_rows(getattr(model, "decoder", None), decoder_config)
+    tokenizer = processor.tokenizer
+    if decoder_rows is not None and len(tokenizer) > decoder_rows:
+        problems.append(
+            f"the decoder tokenizer has {len(tokenizer)} tokens but the decoder embeds only {decoder_rows} "
+            f"(ids {decoder_rows}..{len(tokenizer) - 1} would fail in the forward)"
+        )
+    decoder_eos = decoder_config.eos_token_id
+    decoder_eos = decoder_eos if isinstance(decoder_eos, list) else [decoder_eos]
+    if decoder_eos != [None] and tokenizer.eos_token_id not in decoder_eos:
+        problems.append(
+            f"the decoder tokenizer's eos id is {tokenizer.eos_token_id} but the decoder's is "
+            f"{decoder_eos[0] if len(decoder_eos) == 1 else decoder_eos} (captions would never stop)"
+        )
+    clip_text_config = config.clip_config.text_config
+    clip_text_model = getattr(getattr(model, "clip", None), "text_model", None)
+    try:
+        clip_rows = clip_text_model.embeddings.token_embedding.num_embeddings
+    except AttributeError:  # not a CLIP-like text tower: trust the config
+        clip_rows = getattr(clip_text_config, "vocab_size", None)
+    clip_tokenizer = processor.clip_tokenizer
+    if clip_rows is not None and len(clip_tokenizer) != clip_rows:
+        problems.append(
+            f"the CLIP tokenizer has {len(clip_tokenizer)} tokens but CLIP's text model embeds {clip_rows} (it is "
+            "not this CLIP's tokenizer)"
+        )
+    clip_eos = clip_text_config.eos_token_id
+    if clip_eos not in (None, 2) and clip_tokenizer.eos_token_id != clip_eos:
+        problems.append(
+            f"the CLIP tokenizer's eos id is {clip_tokenizer.eos_token_id} but CLIP's text model pools at id "
+            f"{clip_eos}"
+        )
+    if problems:
+        raise ValueError(
+            "The processor's tokenizers do not match the model: " + "; ".join(problems) + ". Use the "
+            "tokenizers saved with this model (or of the CLIP and decoder checkpoints it was built from)."
+        )
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         text = str(source)
@@ -172,6 +267,23 @@ class CapDecProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, clip_tokenizer, **kwargs)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CapDecProcessor":
+        """Load a saved processor (a folder or Hub id); a local folder must hold both tokenizers, and a CLIP
+        tokenizer that turns out to be the decoder's (transformers' fallback for a missing `clip_tokenizer/`)
+        raises instead of silently embedding captions with the wrong vocabulary."""
+        folder = str(pretrained_model_name_or_path)
+        if os.path.isdir(folder) and not kwargs.get("subfolder"):
+            _check_saved_processor_folder(folder)
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        clip_tokenizer, tokenizer = processor.clip_tokenizer, processor.tokenizer
+        if type(clip_tokenizer) is type(tokenizer) and clip_tokenizer.get_vocab() == tokenizer.get_vocab():
+            raise ValueError(
+                f"The CLIP tokenizer loaded from {folder} is the decoder's tokenizer: its "
+                f"{CLIP_TOKENIZER_FOLDER}/ is missing, and CapDec never uses a tokenizer of the other model."
+            )
+        return processor
+
+    @classmethod
     def from_clip_decoder_pretrained(
         cls, clip_pretrained_model_name_or_path: str, decoder_pretrained_model_name_or_path: str, **kwargs
     ) -> "CapDecProcessor":
@@ -253,4 +365,11 @@ class CapDecProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask", "clip_input_ids", "clip_attention_mask"]
 
 
-__all__ = ["CapDecProcessor", "ImageLoadError", "load_image", "load_images", "to_rgb"]
+__all__ = [
+    "CapDecProcessor",
+    "ImageLoadError",
+    "check_processor_matches_model",
+    "load_image",
+    "load_images",
+    "to_rgb",
+]

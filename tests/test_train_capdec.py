@@ -387,3 +387,19 @@ def test_resume_last_skips_half_written_checkpoints(parts, tmp_path, caplog):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         checkpoint_to_resume(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(empty)))
+
+
+def test_a_clip_tokenizer_of_another_vocabulary_is_refused_before_training(parts, tmp_path):
+    import shutil
+
+    from demo.bpe_tokenizers import train_clip_tokenizer
+
+    clip = tmp_path / "clip"
+    shutil.copytree(parts.clip, clip)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (clip / name).unlink(missing_ok=True)
+    train_clip_tokenizer(["zebra giraffe elephant"] * 5, vocab_size=280).save_pretrained(clip)
+    with pytest.raises(
+        ValueError, match=r"tokenizers do not match the model: the CLIP tokenizer has \d+ tokens"
+    ):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", "--clip_model", str(clip)))

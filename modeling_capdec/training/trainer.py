@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
 from ..modeling_capdec import CapDecForConditionalGeneration
-from ..processing_capdec import CapDecProcessor
+from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
@@ -273,6 +273,7 @@ def load_capdec_for_training(
             model.config.train_decoder = train_decoder
             model.decoder.requires_grad_(train_decoder)
             model.freeze_frozen_parts()
+        check_processor_matches_model(processor, model)
         return model, processor
     if not clip_model or not decoder_model:
         raise ValueError("Give --clip_model and --decoder_model (or --init_from, an existing CapDec folder).")
@@ -281,7 +282,10 @@ def load_capdec_for_training(
     model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
         clip_model, decoder_model, **config_kwargs
     )
-    return model, CapDecProcessor.from_clip_decoder_pretrained(clip_model, decoder_model)
+    processor = CapDecProcessor.from_clip_decoder_pretrained(clip_model, decoder_model)
+    # Before hours of embedding and training: the tokenizers must be these models' own.
+    check_processor_matches_model(processor, model)
+    return model, processor
 
 
 def load_modality_offset(path: str | os.PathLike, expected_size: int | None = None) -> list[float]:
