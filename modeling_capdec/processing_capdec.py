@@ -3,6 +3,7 @@
 import base64
 import binascii
 import io
+import json
 import os
 import urllib.request
 from collections.abc import Sequence
@@ -29,13 +30,33 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "tekken.json",
 )
+# The image processor's settings: in processor_config.json (transformers 5) or preprocessor_config.json (older).
+IMAGE_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 # ProcessorMixin saves the second tokenizer in a subfolder named after its attribute.
 CLIP_TOKENIZER_FOLDER = "clip_tokenizer"
 
 
 def _check_saved_processor_folder(folder: str) -> None:
-    """A local processor folder holds both tokenizers: transformers would otherwise fall back to the root's
-    (decoder) tokenizer for a missing `clip_tokenizer/`, or fail with a message about sentencepiece/tiktoken."""
+    """A local processor folder holds the image processor settings and both tokenizers, and its JSON files parse:
+    transformers would otherwise fall back to the root's (decoder) tokenizer for a missing or unreadable
+    `clip_tokenizer/`, or fail with a message about sentencepiece/tiktoken or a JSON error without a path."""
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in IMAGE_PROCESSOR_FILES):
+        raise FileNotFoundError(
+            f"Cannot load the CapDec processor from {folder}: no {' or '.join(IMAGE_PROCESSOR_FILES)} (the image "
+            "processor's settings); save the processor with CapDecProcessor.save_pretrained."
+        )
+    for where in (folder, os.path.join(folder, CLIP_TOKENIZER_FOLDER)):
+        for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
+            if not name.endswith(".json") or not os.path.isfile(os.path.join(where, name)):
+                continue
+            try:
+                with open(os.path.join(where, name), encoding="utf-8") as handle:
+                    json.load(handle)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise ValueError(
+                    f"Cannot load the CapDec processor from {folder}: {os.path.join(where, name)} is not valid JSON "
+                    f"(truncated or overwritten?): {error}"
+                ) from None
     for where, role in ((folder, "decoder"), (os.path.join(folder, CLIP_TOKENIZER_FOLDER), "CLIP")):
         if not os.path.isdir(where):
             raise FileNotFoundError(
@@ -272,14 +293,18 @@ class CapDecProcessor(ProcessorMixin):
         tokenizer that turns out to be the decoder's (transformers' fallback for a missing `clip_tokenizer/`)
         raises instead of silently embedding captions with the wrong vocabulary."""
         folder = str(pretrained_model_name_or_path)
-        if os.path.isdir(folder) and not kwargs.get("subfolder"):
-            _check_saved_processor_folder(folder)
+        if os.path.isdir(folder):
+            if not kwargs.get("subfolder"):
+                _check_saved_processor_folder(folder)
+        elif folder.startswith((".", "/", "~")) or folder.count("/") > 1:  # a path, not a Hub id
+            raise FileNotFoundError(f"Cannot load the CapDec processor: no folder {folder}.")
         processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         clip_tokenizer, tokenizer = processor.clip_tokenizer, processor.tokenizer
         if type(clip_tokenizer) is type(tokenizer) and clip_tokenizer.get_vocab() == tokenizer.get_vocab():
             raise ValueError(
                 f"The CLIP tokenizer loaded from {folder} is the decoder's tokenizer: its "
-                f"{CLIP_TOKENIZER_FOLDER}/ is missing, and CapDec never uses a tokenizer of the other model."
+                f"{CLIP_TOKENIZER_FOLDER}/ is missing or could not be read, and CapDec never uses a tokenizer of "
+                "the other model."
             )
         return processor
 

@@ -236,3 +236,29 @@ def test_pipeline_refuses_a_processor_of_another_model(processor, model):
     other.clip_tokenizer = train_clip_tokenizer(["zebra giraffe elephant"] * 5, vocab_size=280)
     with pytest.raises(ValueError, match="tokenizers do not match the model"):
         CapDecImageToTextPipeline(model=model, processor=other)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("rm processor_config.json", r"no processor_config\.json or preprocessor_config\.json"),
+        ("cut processor_config.json", r"processor_config\.json is not valid JSON"),
+        ("cut tokenizer.json", r"saved/tokenizer\.json is not valid JSON \(truncated"),
+        ("cut clip_tokenizer/tokenizer.json", r"clip_tokenizer/tokenizer\.json is not valid JSON"),
+        ("rm folder", r"no folder .*saved"),
+    ],
+)
+def test_damaged_saved_processor_folders_name_the_file(saved_dir, tmp_path, damage, message):
+    import shutil
+
+    folder = _copy_saved(saved_dir, tmp_path)
+    action, _, name = damage.partition(" ")
+    if name == "folder":
+        shutil.rmtree(folder)
+    elif action == "rm":
+        (folder / name).unlink()
+    else:
+        text = (folder / name).read_text()
+        (folder / name).write_text(text[: len(text) // 2])
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        CapDecProcessor.from_pretrained(folder)

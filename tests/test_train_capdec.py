@@ -403,3 +403,20 @@ def test_a_clip_tokenizer_of_another_vocabulary_is_refused_before_training(parts
         ValueError, match=r"tokenizers do not match the model: the CLIP tokenizer has \d+ tokens"
     ):
         main(cli(parts, tmp_path / "out", "--max_steps", "1", "--clip_model", str(clip)))
+
+
+def test_cleaning_report_is_printed_and_bad_lines_can_be_skipped(parts, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(Path(parts.corpus).read_bytes() + b'{"caption": "caf\xe9"}\n{"caption": broken\n')
+    with pytest.raises(
+        ValueError, match=r"corpus\.jsonl as json: line 31: byte 0xe9 .*--train_file_encoding"
+    ):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1") + ["--train_file", str(corpus)])
+    main(
+        cli(parts, tmp_path / "out", "--max_steps", "1", "--save_strategy", "no")
+        + ["--train_file", str(corpus), "--skip_bad_lines"]
+    )
+    printed = capsys.readouterr().out
+    # CAPTIONS is ten captions three times: 30 kept, 20 of them repeats; printed at the default log level.
+    assert "Corpus cleaning: 30 rows, 30 captions: kept 30, dropped 0 empty and 0 not text" in printed
+    assert "20 of the kept are duplicates" in printed
