@@ -420,3 +420,20 @@ def test_cleaning_report_is_printed_and_bad_lines_can_be_skipped(parts, tmp_path
     # CAPTIONS is ten captions three times: 30 kept, 20 of them repeats; printed at the default log level.
     assert "Corpus cleaning: 30 rows, 30 captions: kept 30, dropped 0 empty and 0 not text" in printed
     assert "20 of the kept are duplicates" in printed
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--learning_rate", "inf", "--learning_rate must be a finite number, got inf"),
+        ("--weight_decay", "nan", "--weight_decay must be a finite number, got nan"),
+        ("--max_grad_norm", "inf", "--max_grad_norm must be a finite number, got inf"),
+        ("--embedding_batch_size", "0", "--embedding_batch_size must be at least 1, got 0"),
+        ("--generation_num_beams", "0", "--generation_num_beams must be at least 1, got 0"),
+        ("--max_caption_tokens", "-2", "--max_caption_tokens must be at least 1, got -2"),
+        ("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be at least 1, got 0"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(parts, tmp_path, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", option, value))
