@@ -247,3 +247,19 @@ def test_predictions_mode_end_to_end(karpathy, tmp_path):
     assert metrics["ROUGE-L"] == pytest.approx(1.0)
     assert metrics["CIDEr"] == pytest.approx(10.0)
     assert not (output_dir / "predictions.json").exists()  # the input file is not rewritten
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch_size", "0", "--batch_size must be at least 1, got 0"),
+        ("--num_beams", "-1", "--num_beams must be at least 1, got -1"),
+        ("--max_new_tokens", "0", "--max_new_tokens must be at least 1, got 0"),
+        ("--max_samples", "0", "--max_samples must be at least 1, got 0"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
+    from evaluate_capdec import main
+
+    with pytest.raises(ValueError, match=message):
+        main(["--model", str(tmp_path), "--eval_file", str(tmp_path / "eval.json"), option, value])

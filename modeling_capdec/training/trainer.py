@@ -352,40 +352,9 @@ def setup_logging(training_args: Any) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-# Whole-number settings that must be at least 1 when they are set (0 or less fails deep in a stage, or worse,
-# `generation_num_beams 0` would silently become 1).
-POSITIVE_SETTINGS = (
-    "embedding_batch_size",
-    "max_caption_tokens",
-    "preprocessing_num_workers",
-    "pad_to_multiple_of",
-    "max_eval_samples",
-    "generation_num_beams",
-    "generation_max_length",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-)
-
-
-def check_settings(*argument_objects: Any) -> None:
-    """Every float setting is finite (an inf or NaN learning rate, ε or weight decay trains to NaN weights with exit
-    code 0) and every setting of `POSITIVE_SETTINGS` that is given is >= 1; the error names the option."""
-    for arguments in argument_objects:
-        for name, value in vars(arguments).items():
-            if (
-                name == "noise_variance"
-            ):  # validated once, with the noise type, by the collator (training.noise)
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"--{name} must be a finite number, got {value}.")
-            if name in POSITIVE_SETTINGS and value is not None and value < 1:
-                raise ValueError(f"--{name} must be at least 1, got {value}.")
-
-
 def check_run_arguments(data_args: Any, training_args: Any) -> None:
-    """Checks that would otherwise fail hours into a run."""
-    check_settings(data_args, training_args)
+    """Checks that would otherwise fail hours into a run (single settings are checked when parsed:
+    `commands.recipes.check_settings`)."""
     if data_args.train_source is None:
         raise ValueError("Give the training corpus: --train_file, --dataset_dir or --dataset_name.")
     if data_args.eval_source:
@@ -526,7 +495,6 @@ __all__ = [
     "NonFiniteGuardCallback",
     "NonFiniteTrainingError",
     "check_run_arguments",
-    "check_settings",
     "checkpoint_problem",
     "checkpoint_to_resume",
     "last_complete_checkpoint",
