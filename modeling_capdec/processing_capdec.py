@@ -188,6 +188,13 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
         )
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageLoadError("the array holds NaN or infinite values")
+    if array.ndim == 3 and array.dtype != np.uint8:
+        # PIL stores colour only as 8 bits per channel; guessing a float range (0..1 or 0..255) could be wrong.
+        raise ImageLoadError(
+            f"a colour array must hold uint8 values (0..255), got {array.dtype}: scale and cast it first"
+        )
     return Image.fromarray(array)
 
 

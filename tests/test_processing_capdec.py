@@ -127,6 +127,8 @@ def test_load_image_from_bytes_io_buffer(images):
         (np.zeros((0, 0, 3), dtype=np.uint8), "no pixels"),
         (np.zeros((2, 3, 4, 5), dtype=np.uint8), r"shape \(2, 3, 4, 5\)"),
         (b"", "bytes are empty"),
+        (np.zeros((4, 5, 3), dtype=np.float64), "must hold uint8 values.*got float64"),
+        (np.full((4, 5), np.nan, dtype=np.float32), "NaN or infinite"),
         ("not-a-file-nor-base64.png", "no such file"),
         (None, "got NoneType"),
     ],
