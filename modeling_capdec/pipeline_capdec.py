@@ -44,7 +44,8 @@ class CapDecImageToTextPipeline(Pipeline):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # A processor of another model would caption with wrong token meanings: refuse it when the pipeline is built.
-        check_processor_matches_model(self.processor, self.model)
+        if self.processor is not None:
+            check_processor_matches_model(self.processor, self.model)
 
     def _sanitize_parameters(
         self,
@@ -124,10 +125,9 @@ class CapDecImageToTextPipeline(Pipeline):
         return {"generated_ids": generated, "image_error": image_errors}
 
     def postprocess(self, model_outputs: dict) -> list[dict[str, str | None]]:
+        # Unbatched, the preprocess list itself arrives; batched, Pipeline hands over this image's item.
         error = model_outputs["image_error"]
-        error = (
-            error[0] if isinstance(error, list) else error
-        )  # a list when not batched, one item when batched
+        error = error[0] if isinstance(error, list) else error
         generated = model_outputs["generated_ids"]
         sequences = generated.reshape(-1, generated.shape[-1])  # (1, N, length) -> (N, length)
         if error:
