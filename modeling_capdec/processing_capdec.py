@@ -259,7 +259,7 @@ def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> 
 
 def load_images(sources: Any) -> list[Image.Image]:
     """Load a batch (or one image) as RGB, reporting a bad entry by its index; an empty batch raises."""
-    if isinstance(sources, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(sources, (str, bytes, bytearray, os.PathLike, Image.Image, np.ndarray)):
         sources = [sources]
     sources = list(sources)
     if not sources:
