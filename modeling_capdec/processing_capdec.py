@@ -94,7 +94,9 @@ def check_processor_matches_model(processor: "CapDecProcessor", model: Any) -> N
     ```
     """
     config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "clip_config"):  # not a CapDec model (a stand-in with generate())
+    if config is None or not hasattr(
+        config, "clip_config"
+    ):  # not a CapDec model (a stand-in with generate())
         return
     problems = []
     decoder_config = config.text_config.get_text_config()
