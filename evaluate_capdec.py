@@ -61,6 +61,7 @@ def evaluate(args: EvaluateArguments) -> dict[str, float]:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = modeling_capdec.CapDecForConditionalGeneration.from_pretrained(args.model).to(device).eval()
         processor = modeling_capdec.CapDecProcessor.from_pretrained(args.model)
+        modeling_capdec.check_processor_matches_model(processor, model)
         captions = caption_images(
             model, processor, eval_set.images, args.batch_size, **args.generate_kwargs()
         )

@@ -78,11 +78,16 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         split=data_args.train_split,
         cache_dir=data_args.cache_dir,
         text_column=data_args.caption_column,
+        encoding=data_args.train_file_encoding,
+        skip_bad_lines=data_args.skip_bad_lines,
     )
     with training_args.main_process_first(desc="preparing the corpus"):
         train_dataset, cleaning = prepare_training_dataset(
             corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
         )
+    if training_args.process_index == 0:
+        # At any log level: what cleaning dropped, truncated or found repeated is never silent.
+        print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
 
     # 3. Train (or continue from a checkpoint), save the Hub-ready folder, evaluate, write the model card.
     trainer = CapDecTrainer(

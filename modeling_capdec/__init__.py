@@ -21,7 +21,13 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, Aut
 from .configuration_capdec import CapDecConfig
 from .modeling_capdec import CapDecForConditionalGeneration, CapDecOutput, CapDecPreTrainedModel
 from .pipeline_capdec import CapDecImageToTextPipeline
-from .processing_capdec import CapDecProcessor, ImageLoadError, load_image, load_images
+from .processing_capdec import (
+    CapDecProcessor,
+    ImageLoadError,
+    check_processor_matches_model,
+    load_image,
+    load_images,
+)
 
 AutoConfig.register(CapDecConfig.model_type, CapDecConfig, exist_ok=True)
 AutoModel.register(CapDecConfig, CapDecForConditionalGeneration, exist_ok=True)
@@ -67,6 +73,7 @@ __all__ = [
     "CapDecPreTrainedModel",
     "CapDecProcessor",
     "ImageLoadError",
+    "check_processor_matches_model",
     "load_image",
     "load_images",
     *_LAZY_MODULES,

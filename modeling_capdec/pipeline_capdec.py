@@ -1,19 +1,29 @@
 """The `image-to-text` pipeline for CapDec, saved beside the model so the Hub copy works with remote code."""
 
+import logging
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import Pipeline
 
-from .processing_capdec import load_image
+from .processing_capdec import ImageLoadError, check_processor_matches_model, load_image
+
+logger = logging.getLogger(__name__)
+ON_BAD_IMAGE = ("raise", "skip")
 
 
 class CapDecImageToTextPipeline(Pipeline):
     """Caption images with a CapDec model, in batches.
 
-    Inputs are paths, URLs, bytes, numpy arrays or PIL images of any mode (converted to RGB); a bad entry raises
-    an error that names its index in the call. Keyword arguments not listed below go to `model.generate`
-    (`num_beams`, `do_sample`, `top_p`, ...).
+    Inputs are paths, URLs, base64 strings, bytes, numpy arrays or PIL images of any mode (converted to RGB).
+    A bad entry (missing, truncated, not an image, no pixels, ...) raises `ImageLoadError` naming its index in
+    the call and the reason, and nothing is captioned. With `on_bad_image="skip"` the good images are captioned
+    and each bad one gets `[{"generated_text": None, "error": "Cannot load image 3 (...): ..."}]` in its place
+    (and a warning), so one broken file does not cost a large batch.
+
+    Each image gets its own list of `num_return_sequences` captions (default 1), whatever the `batch_size`.
+    Keyword arguments not listed below go to `model.generate` (`num_beams`, `do_sample`, `top_p`, ...).
 
     Example:
 
@@ -31,15 +41,26 @@ class CapDecImageToTextPipeline(Pipeline):
     _load_feature_extractor = False
     _pipeline_calls_generate = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A processor of another model would caption with wrong token meanings: refuse it when the pipeline is built.
+        if self.processor is not None:
+            check_processor_matches_model(self.processor, self.model)
+
     def _sanitize_parameters(
         self,
         max_new_tokens: int | None = None,
         generate_kwargs: dict | None = None,
         prompt: str | None = None,
         timeout: float | None = None,
+        on_bad_image: str | None = None,
         **extra_generate_kwargs,
     ):
         preprocess_params: dict[str, Any] = {}
+        if on_bad_image is not None:
+            if on_bad_image not in ON_BAD_IMAGE:
+                raise ValueError(f"on_bad_image must be one of {list(ON_BAD_IMAGE)}, got {on_bad_image!r}.")
+            preprocess_params["on_bad_image"] = on_bad_image
         if prompt is not None:
             preprocess_params["prompt"] = prompt
         if timeout is not None:
@@ -58,29 +79,61 @@ class CapDecImageToTextPipeline(Pipeline):
     def __call__(self, images: Any, **kwargs):
         """Caption one image (returns `[{"generated_text": ...}]`) or a list (returns one such list per image)."""
         if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("No images given: the list of images is empty.")
             # Carry each entry's index so a bad image is reported by its position in the call.
             indexed = [{"image": image, "index": index} for index, image in enumerate(images)]
             return super().__call__(indexed, **kwargs)
         return super().__call__({"image": images, "index": None}, **kwargs)
 
-    def preprocess(self, inputs: dict, prompt: str | None = None, timeout: float | None = None) -> dict:
-        image = load_image(inputs["image"], inputs["index"], timeout=timeout or 10.0)
+    def preprocess(
+        self,
+        inputs: dict,
+        prompt: str | None = None,
+        timeout: float | None = None,
+        on_bad_image: str = "raise",
+    ) -> dict:
+        error = ""
+        try:
+            image = load_image(inputs["image"], inputs["index"], timeout=timeout or 10.0)
+        except ImageLoadError as load_error:
+            if on_bad_image != "skip":
+                raise
+            # A blank stand-in keeps the batch's shapes; its caption is discarded in postprocess.
+            error, image = str(load_error), Image.new("RGB", (8, 8))
         model_inputs = self.processor.image_processor([image], return_tensors="pt")
         model_inputs = {"pixel_values": model_inputs["pixel_values"].to(self.dtype)}
         if prompt is not None:
             encoded = self.processor.tokenizer([prompt], return_tensors="pt")
             model_inputs["input_ids"] = encoded["input_ids"]
             model_inputs["attention_mask"] = encoded["attention_mask"]
+        # A list of strings survives Pipeline's batching and unbatching item by item.
+        model_inputs["image_error"] = [error]
         return model_inputs
 
     def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
+        model_inputs = dict(model_inputs)
+        image_errors = model_inputs.pop("image_error")
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
         with torch.no_grad():
-            return {"generated_ids": self.model.generate(**model_inputs, **generate_kwargs)}
+            generated = self.model.generate(**model_inputs, **generate_kwargs)
+        # generate returns the N sequences of each image one after another, (batch * N, length). Pipeline
+        # unbatches along the first dimension, so group them (batch, N, length): each image keeps its own N
+        # captions instead of the next image taking its second one.
+        batch_size = model_inputs["pixel_values"].shape[0]
+        generated = generated.reshape(batch_size, generated.shape[0] // batch_size, generated.shape[-1])
+        return {"generated_ids": generated, "image_error": image_errors}
 
-    def postprocess(self, model_outputs: dict) -> list[dict[str, str]]:
-        texts = self.processor.batch_decode(model_outputs["generated_ids"])
-        return [{"generated_text": text} for text in texts]
+    def postprocess(self, model_outputs: dict) -> list[dict[str, str | None]]:
+        # Unbatched, the preprocess list itself arrives; batched, Pipeline hands over this image's item.
+        error = model_outputs["image_error"]
+        error = error[0] if isinstance(error, list) else error
+        generated = model_outputs["generated_ids"]
+        sequences = generated.reshape(-1, generated.shape[-1])  # (1, N, length) -> (N, length)
+        if error:
+            logger.warning("Skipped a bad image: %s", error)
+            return [{"generated_text": None, "error": error}]
+        return [{"generated_text": text} for text in self.processor.batch_decode(sequences)]
 
 
 __all__ = ["CapDecImageToTextPipeline"]

@@ -1,6 +1,9 @@
 """CapDecProcessor: CLIP image processor + decoder tokenizer + CLIP tokenizer, and robust image loading."""
 
+import base64
+import binascii
 import io
+import json
 import os
 import urllib.request
 from collections.abc import Sequence
@@ -17,11 +20,134 @@ class ImageLoadError(ValueError):
     """An image in a batch could not be read; the message names its index and source."""
 
 
+# Any one of these makes a folder loadable as a tokenizer (tokenizer_config.json alone does not).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+    "tekken.json",
+)
+# The image processor's settings: in processor_config.json (transformers 5) or preprocessor_config.json (older).
+IMAGE_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+# ProcessorMixin saves the second tokenizer in a subfolder named after its attribute.
+CLIP_TOKENIZER_FOLDER = "clip_tokenizer"
+
+
+def _check_saved_processor_folder(folder: str) -> None:
+    """A local processor folder holds the image processor settings and both tokenizers, and its JSON files parse:
+    transformers would otherwise fall back to the root's (decoder) tokenizer for a missing or unreadable
+    `clip_tokenizer/`, or fail with a message about sentencepiece/tiktoken or a JSON error without a path."""
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in IMAGE_PROCESSOR_FILES):
+        raise FileNotFoundError(
+            f"Cannot load the CapDec processor from {folder}: no {' or '.join(IMAGE_PROCESSOR_FILES)} (the image "
+            "processor's settings); save the processor with CapDecProcessor.save_pretrained."
+        )
+    for where in (folder, os.path.join(folder, CLIP_TOKENIZER_FOLDER)):
+        for name in sorted(os.listdir(where)) if os.path.isdir(where) else []:
+            if not name.endswith(".json") or not os.path.isfile(os.path.join(where, name)):
+                continue
+            try:
+                with open(os.path.join(where, name), encoding="utf-8") as handle:
+                    json.load(handle)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise ValueError(
+                    f"Cannot load the CapDec processor from {folder}: {os.path.join(where, name)} is not valid JSON "
+                    f"(truncated or overwritten?): {error}"
+                ) from None
+    for where, role in ((folder, "decoder"), (os.path.join(folder, CLIP_TOKENIZER_FOLDER), "CLIP")):
+        if not os.path.isdir(where):
+            raise FileNotFoundError(
+                f"Cannot load the CapDec processor from {folder}: the {role} tokenizer folder {where} is missing "
+                "(save the processor with CapDecProcessor.save_pretrained, or copy the tokenizer files there)."
+            )
+        if not any(os.path.isfile(os.path.join(where, name)) for name in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"Cannot load the CapDec processor from {folder}: the {role} tokenizer folder {where} holds no "
+                f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})."
+            )
+
+
+def _vocabulary_rows(module: Any, config: Any) -> int | None:
+    """Rows of a model's input embedding table (the ids it can look up), or the config's vocab_size."""
+    try:
+        return int(module.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):
+        return getattr(config, "vocab_size", None)
+
+
+def check_processor_matches_model(processor: "CapDecProcessor", model: Any) -> None:
+    """Refuse tokenizers that do not fit the model: a mismatch either crashes deep in a forward (an id past the
+    embedding table) or, worse, trains and captions with the wrong token meanings without a word.
+
+    - the decoder tokenizer has no more tokens than the decoder's embedding rows (fewer is fine: embeddings are
+      often padded), and its eos is the decoder's eos (training teaches this token; generation stops at that one);
+    - the CLIP tokenizer has exactly as many tokens as CLIP's text embeddings, and its eos is CLIP's (CLIP pools
+      the text at the eos position; configs with the legacy eos id 2 find it by argmax and are not compared).
+
+    Example:
+
+    ```python
+    >>> check_processor_matches_model(processor, model)  # doctest: +SKIP
+    ```
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(
+        config, "clip_config"
+    ):  # not a CapDec model (a stand-in with generate())
+        return
+    problems = []
+    decoder_config = config.text_config.get_text_config()
+    decoder_rows = _vocabulary_rows(getattr(model, "decoder", None), decoder_config)
+    tokenizer = processor.tokenizer
+    if decoder_rows is not None and len(tokenizer) > decoder_rows:
+        problems.append(
+            f"the decoder tokenizer has {len(tokenizer)} tokens but the decoder embeds only {decoder_rows} "
+            f"(ids {decoder_rows}..{len(tokenizer) - 1} would fail in the forward)"
+        )
+    decoder_eos = decoder_config.eos_token_id
+    decoder_eos = decoder_eos if isinstance(decoder_eos, list) else [decoder_eos]
+    if decoder_eos != [None] and tokenizer.eos_token_id not in decoder_eos:
+        problems.append(
+            f"the decoder tokenizer's eos id is {tokenizer.eos_token_id} but the decoder's is "
+            f"{decoder_eos[0] if len(decoder_eos) == 1 else decoder_eos} (captions would never stop)"
+        )
+    clip_text_config = config.clip_config.text_config
+    clip_text_model = getattr(getattr(model, "clip", None), "text_model", None)
+    try:
+        clip_rows = clip_text_model.embeddings.token_embedding.num_embeddings
+    except AttributeError:  # not a CLIP-like text tower: trust the config
+        clip_rows = getattr(clip_text_config, "vocab_size", None)
+    clip_tokenizer = processor.clip_tokenizer
+    if clip_rows is not None and len(clip_tokenizer) != clip_rows:
+        problems.append(
+            f"the CLIP tokenizer has {len(clip_tokenizer)} tokens but CLIP's text model embeds {clip_rows} (it is "
+            "not this CLIP's tokenizer)"
+        )
+    clip_eos = clip_text_config.eos_token_id
+    if clip_eos not in (None, 2) and clip_tokenizer.eos_token_id != clip_eos:
+        problems.append(
+            f"the CLIP tokenizer's eos id is {clip_tokenizer.eos_token_id} but CLIP's text model pools at id "
+            f"{clip_eos}"
+        )
+    if problems:
+        raise ValueError(
+            "The processor's tokenizers do not match the model: " + "; ".join(problems) + ". Use the "
+            "tokenizers saved with this model (or of the CLIP and decoder checkpoints it was built from)."
+        )
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return repr(str(source))
-    if isinstance(source, bytes):
+        text = str(source)
+        # A base64 image is megabytes of text: name it by its start and length, not in full.
+        return repr(text) if len(text) <= 200 else f"{text[:40]!r}... ({len(text)} characters)"
+    if isinstance(source, (bytes, bytearray)):
         return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<ndarray {source.dtype} {source.shape}>"
     return f"<{type(source).__name__}>"
 
 
@@ -44,54 +170,102 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> Image.Image:
-    """Load one image as RGB from a path, URL, bytes, numpy array or PIL image.
+def _decode_base64(text: str) -> bytes | None:
+    """The bytes of a base64 image string (optionally a `data:image/...;base64,` URI), or None if it is not one."""
+    if text.startswith("data:image/"):
+        text = text.partition(",")[2]
+    # Strict decoding: a path such as "photos/cat.jpg" is not valid base64 (the dot), so it is never misread.
+    try:
+        return base64.b64decode("".join(text.split()), validate=True) or None
+    except (binascii.Error, ValueError):
+        return None
 
-    Raises `ImageLoadError` naming the batch `index` and the source when the file is missing, truncated or
-    not an image, or the URL cannot be fetched.
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    # Image.fromarray turns a 1-D array into a 1×N image without a word: only (H, W) and (H, W, C) are images.
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageLoadError(
+            f"expected an array of shape (height, width) or (height, width, 3 or 4 channels), got shape "
+            f"{array.shape}"
+        )
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ImageLoadError("the array holds NaN or infinite values")
+    if array.ndim == 3 and array.dtype != np.uint8:
+        # PIL stores colour only as 8 bits per channel; guessing a float range (0..1 or 0..255) could be wrong.
+        raise ImageLoadError(
+            f"a colour array must hold uint8 values (0..255), got {array.dtype}: scale and cast it first"
+        )
+    return Image.fromarray(array)
+
+
+def _open(source: Any, timeout: float) -> Image.Image:
+    """Open one source as a PIL image; raises `ImageLoadError` (a reason only, without the index) or PIL's errors."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return _array_to_image(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError("the bytes are empty")
+        return Image.open(io.BytesIO(source))
+    if isinstance(source, (str, os.PathLike)):
+        text = str(source)
+        if text.startswith(("http://", "https://")):
+            with urllib.request.urlopen(text, timeout=timeout) as response:
+                return Image.open(io.BytesIO(response.read()))
+        if os.path.isfile(text):
+            return Image.open(text)
+        if os.path.isdir(text):
+            raise ImageLoadError("it is a folder, not an image file")
+        data = _decode_base64(text) if isinstance(source, str) else None
+        if data is None:
+            raise ImageLoadError("no such file (nor a URL or a base64-encoded image)")
+        return Image.open(io.BytesIO(data))
+    raise ImageLoadError(
+        f"expected a path, URL, base64 string, bytes, numpy array or PIL image, got {type(source).__name__}"
+    )
+
+
+def load_image(source: Any, index: int | None = None, timeout: float = 10.0) -> Image.Image:
+    """Load one image as RGB from a path, URL, base64 string (or `data:image/` URI), bytes, numpy array
+    (`(H, W)` or `(H, W, 3|4)`) or PIL image.
+
+    This is the one validation of an image: `ImageLoadError` names the batch `index`, the source and the reason
+    when the file is missing, truncated or not an image, the URL cannot be fetched, the array is not 2-D or 3-D
+    with 3 or 4 channels, or the image has no pixels (a width or height of 0).
 
     Example:
 
     ```python
     >>> from modeling_capdec.processing_capdec import load_image
-    >>> load_image("cat.png").mode
+    >>> load_image("cat.png").mode  # doctest: +SKIP
     'RGB'
     ```
     """
     where = f"image {index} ({_describe(source)})" if index is not None else f"image {_describe(source)}"
     try:
-        if isinstance(source, Image.Image):
-            image = source
-        elif isinstance(source, np.ndarray):
-            image = Image.fromarray(source)
-        elif isinstance(source, bytes):
-            image = Image.open(io.BytesIO(source))
-        elif isinstance(source, (str, os.PathLike)):
-            text = str(source)
-            if text.startswith(("http://", "https://")):
-                with urllib.request.urlopen(text, timeout=timeout) as response:
-                    image = Image.open(io.BytesIO(response.read()))
-            else:
-                if not os.path.exists(text):
-                    raise ImageLoadError(f"Cannot load {where}: no such file.")
-                image = Image.open(text)
-        else:
-            raise ImageLoadError(
-                f"Cannot load {where}: expected a path, URL, bytes, numpy array or PIL image, "
-                f"got {type(source).__name__}."
-            )
+        image = _open(source, timeout)
         image.load()  # decode now, so a truncated file fails here with its index
+        if image.width == 0 or image.height == 0:
+            raise ImageLoadError(f"it has no pixels (size {image.width}×{image.height})")
         return to_rgb(image)
-    except ImageLoadError:
-        raise
+    except ImageLoadError as error:
+        raise ImageLoadError(f"Cannot load {where}: {error}.") from None
     except Exception as error:  # PIL's UnidentifiedImageError/OSError, URL errors, decoder errors
         raise ImageLoadError(f"Cannot load {where}: {type(error).__name__}: {error}") from error
 
 
 def load_images(sources: Any) -> list[Image.Image]:
-    """Load a batch (or one image) as RGB, reporting a bad entry by its index."""
-    if isinstance(sources, (str, bytes, os.PathLike, Image.Image, np.ndarray)):
+    """Load a batch (or one image) as RGB, reporting a bad entry by its index; an empty batch raises."""
+    if isinstance(sources, (str, bytes, bytearray, os.PathLike, Image.Image, np.ndarray)):
         sources = [sources]
+    sources = list(sources)
+    if not sources:
+        raise ImageLoadError("No images given: the list of images is empty.")
     return [load_image(source, index) for index, source in enumerate(sources)]
 
 
@@ -123,6 +297,27 @@ class CapDecProcessor(ProcessorMixin):
             # Decoder-only LMs (GPT-2) have no pad token; batches pad with eos, masked out.
             tokenizer.pad_token = tokenizer.eos_token
         super().__init__(image_processor, tokenizer, clip_tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "CapDecProcessor":
+        """Load a saved processor (a folder or Hub id); a local folder must hold both tokenizers, and a CLIP
+        tokenizer that turns out to be the decoder's (transformers' fallback for a missing `clip_tokenizer/`)
+        raises instead of silently embedding captions with the wrong vocabulary."""
+        folder = str(pretrained_model_name_or_path)
+        if os.path.isdir(folder):
+            if not kwargs.get("subfolder"):
+                _check_saved_processor_folder(folder)
+        elif folder.startswith((".", "/", "~")) or folder.count("/") > 1:  # a path, not a Hub id
+            raise FileNotFoundError(f"Cannot load the CapDec processor: no folder {folder}.")
+        processor = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        clip_tokenizer, tokenizer = processor.clip_tokenizer, processor.tokenizer
+        if type(clip_tokenizer) is type(tokenizer) and clip_tokenizer.get_vocab() == tokenizer.get_vocab():
+            raise ValueError(
+                f"The CLIP tokenizer loaded from {folder} is the decoder's tokenizer: its "
+                f"{CLIP_TOKENIZER_FOLDER}/ is missing or could not be read, and CapDec never uses a tokenizer of "
+                "the other model."
+            )
+        return processor
 
     @classmethod
     def from_clip_decoder_pretrained(
@@ -206,4 +401,11 @@ class CapDecProcessor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask", "clip_input_ids", "clip_attention_mask"]
 
 
-__all__ = ["CapDecProcessor", "ImageLoadError", "load_image", "load_images", "to_rgb"]
+__all__ = [
+    "CapDecProcessor",
+    "ImageLoadError",
+    "check_processor_matches_model",
+    "load_image",
+    "load_images",
+    "to_rgb",
+]

@@ -267,3 +267,19 @@ def test_caption_length_defaults_to_the_models_own():
         (evaluate_capdec.EvaluateArguments,), ["--model", "m", "--annotations", "a.json", "--limit", "5"]
     )
     assert (parsed.eval_file, parsed.max_samples) == ("a.json", 5)  # the old flag names still work
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--batch_size", "0", "--batch_size must be at least 1, got 0"),
+        ("--num_beams", "-1", "--num_beams must be at least 1, got -1"),
+        ("--max_new_tokens", "0", "--max_new_tokens must be at least 1, got 0"),
+        ("--max_samples", "0", "--max_samples must be at least 1, got 0"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
+    from evaluate_capdec import main
+
+    with pytest.raises(ValueError, match=message):
+        main(["--model", str(tmp_path), "--eval_file", str(tmp_path / "eval.json"), option, value])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
@@ -117,3 +118,41 @@ def test_builtin_image_text_to_text_pipeline_without_remote_code(saved_dir, imag
     # This built-in pipeline routes loose keywords to the processor: generation options go in generate_kwargs.
     outputs = captioner(images=image_files[:2], text="", generate_kwargs=GENERATE)
     assert [out["generated_text"] for out in outputs] == expected_captions[:2]
+
+
+@pytest.mark.parametrize("batch_size", [None, 1, 2, 3])
+@pytest.mark.parametrize("num_return_sequences", [1, 3])
+def test_each_image_gets_its_own_captions_at_any_batch_size(
+    model, processor, images, batch_size, num_return_sequences
+):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    generate = {"max_new_tokens": 5, "num_beams": 3, "num_return_sequences": num_return_sequences}
+    alone = [captioner(image, **generate) for image in images]
+    assert len({out[0]["generated_text"] for out in alone}) > 1  # else the comparison proves little
+    batching = {} if batch_size is None else {"batch_size": batch_size}
+    together = captioner(images, **batching, **generate)
+    assert [len(out) for out in together] == [num_return_sequences] * len(images)
+    assert together == alone
+
+
+def test_pipeline_refuses_an_empty_list(model, processor):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    with pytest.raises(ValueError, match="No images given"):
+        captioner([])
+
+
+def test_pipeline_can_skip_bad_images_and_report_them(model, processor, images, tmp_path):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    batch = [images[0], str(broken), images[1], np.zeros((0, 0, 3), dtype=np.uint8)]
+    with pytest.raises(ValueError, match=r"Cannot load image 1 \('.*broken\.png'\)"):
+        captioner(batch, batch_size=2, max_new_tokens=4)
+    outputs = captioner(batch, batch_size=2, max_new_tokens=4, on_bad_image="skip")
+    assert outputs[0] == captioner(images[0], max_new_tokens=4)
+    assert outputs[2] == captioner(images[1], max_new_tokens=4)
+    assert outputs[1][0]["generated_text"] is None and "image 1" in outputs[1][0]["error"]
+    assert outputs[3][0]["generated_text"] is None and "image 3" in outputs[3][0]["error"]
+    assert "no pixels" in outputs[3][0]["error"]
+    with pytest.raises(ValueError, match="on_bad_image must be one of"):
+        captioner(images, on_bad_image="ignore")

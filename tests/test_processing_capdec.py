@@ -1,5 +1,6 @@
 """CapDecProcessor and image loading: RGB conversion, bad inputs named by index, round trips."""
 
+import base64
 import io
 
 import numpy as np
@@ -116,3 +117,150 @@ def test_load_image_from_bytes_io_buffer(images):
     buffer = io.BytesIO()
     images[1].save(buffer, format="PNG")
     assert load_image(buffer.getvalue()).size == images[1].size
+
+
+@pytest.mark.parametrize(
+    "source, reason",
+    [
+        (np.zeros(12, dtype=np.uint8), r"shape \(12,\)"),
+        (np.zeros((4, 5, 2), dtype=np.uint8), r"shape \(4, 5, 2\)"),
+        (np.zeros((0, 0, 3), dtype=np.uint8), "no pixels"),
+        (np.zeros((2, 3, 4, 5), dtype=np.uint8), r"shape \(2, 3, 4, 5\)"),
+        (b"", "bytes are empty"),
+        (np.zeros((4, 5, 3), dtype=np.float64), "must hold uint8 values.*got float64"),
+        (np.full((4, 5), np.nan, dtype=np.float32), "NaN or infinite"),
+        ("not-a-file-nor-base64.png", "no such file"),
+        (None, "got NoneType"),
+    ],
+)
+def test_malformed_images_are_refused_with_index_and_reason(images, source, reason):
+    with pytest.raises(ImageLoadError, match=rf"Cannot load image 1 .*{reason}"):
+        load_images([images[0], source])
+
+
+def test_zero_sized_image_file_names_its_index(tmp_path, images):
+    with pytest.raises(ImageLoadError, match=r"image 0 .*no pixels \(size 0×0\)"):
+        load_images([Image.new("RGB", (0, 0))])
+
+
+def test_empty_image_list_is_refused(processor):
+    with pytest.raises(ImageLoadError, match="No images given"):
+        processor(images=[])
+
+
+def test_base64_strings_and_data_uris_are_images(images):
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    expected = np.asarray(load_image(images[0]))
+    assert np.array_equal(np.asarray(load_image(encoded)), expected)
+    assert np.array_equal(np.asarray(load_image("data:image/png;base64," + encoded)), expected)
+    # Valid base64 that is not an image is reported by index, and the message shows only its start.
+    garbage = base64.b64encode(b"hello" * 100).decode()
+    with pytest.raises(ImageLoadError, match=r"image 0 .*\.\.\. \(\d+ characters\)") as error:
+        load_images([garbage])
+    assert garbage not in str(error.value)
+
+
+def test_grayscale_arrays_with_a_channel_axis_are_accepted():
+    assert load_image(np.zeros((6, 7, 1), dtype=np.uint8)).size == (7, 6)
+    assert load_image(np.ones((6, 7), dtype=bool)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def _copy_saved(saved_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "saved"
+    shutil.copytree(saved_dir, folder)
+    return folder
+
+
+def test_missing_clip_tokenizer_folder_never_falls_back_to_the_decoder_tokenizer(saved_dir, tmp_path):
+    import shutil
+
+    folder = _copy_saved(saved_dir, tmp_path)
+    shutil.rmtree(folder / "clip_tokenizer")
+    with pytest.raises(FileNotFoundError, match=r"CLIP tokenizer folder .*clip_tokenizer is missing"):
+        CapDecProcessor.from_pretrained(folder)
+    (folder / "clip_tokenizer").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"CLIP tokenizer folder .*clip_tokenizer holds no tokenizer"):
+        CapDecProcessor.from_pretrained(folder)
+    # Where the folder check cannot run (a Hub copy), transformers' fallback is caught after loading.
+    shutil.copytree(saved_dir / "clip_tokenizer", folder / "clip_tokenizer", dirs_exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(folder / name, folder / "clip_tokenizer" / name)
+    with pytest.raises(ValueError, match=r"CLIP tokenizer loaded from .* is the decoder's tokenizer"):
+        CapDecProcessor.from_pretrained(folder)
+
+
+def test_missing_decoder_tokenizer_files_name_the_folder(saved_dir, tmp_path):
+    folder = _copy_saved(saved_dir, tmp_path)
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=rf"decoder tokenizer folder {folder} holds no tokenizer files"
+    ):
+        CapDecProcessor.from_pretrained(folder)
+
+
+def test_tokenizers_must_match_the_model(processor, model):
+    import copy
+
+    from modeling_capdec import check_processor_matches_model
+    from tests.tiny_models import tiny_model, train_clip_tokenizer, train_gpt2_tokenizer
+
+    check_processor_matches_model(processor, model)  # the fixtures agree
+    # A CLIP tokenizer of another vocabulary size (trained on other text) than CLIP's text embeddings.
+    other_clip = copy.copy(processor)
+    other_clip.clip_tokenizer = train_clip_tokenizer(["zebra giraffe elephant"] * 5, vocab_size=280)
+    with pytest.raises(
+        ValueError, match=r"CLIP tokenizer has \d+ tokens but CLIP's text model embeds \d+ \(it is not"
+    ):
+        check_processor_matches_model(other_clip, model)
+    # A decoder tokenizer larger than the decoder's vocabulary: ids past the embedding table.
+    small_model = tiny_model(processor, seed=0)
+    small_model.decoder.resize_token_embeddings(200)
+    with pytest.raises(ValueError, match=r"decoder tokenizer has 300 tokens but the decoder embeds only 200"):
+        check_processor_matches_model(processor, small_model)
+    wrong_eos = copy.copy(processor)
+    wrong_eos.tokenizer = train_gpt2_tokenizer(["a dog", "a cat"] * 5, vocab_size=260)
+    wrong_eos.tokenizer.eos_token = wrong_eos.tokenizer.convert_ids_to_tokens(5)
+    with pytest.raises(ValueError, match=r"decoder tokenizer's eos id is 5 but the decoder's is 0"):
+        check_processor_matches_model(wrong_eos, model)
+
+
+def test_pipeline_refuses_a_processor_of_another_model(processor, model):
+    import copy
+
+    from modeling_capdec import CapDecImageToTextPipeline
+    from tests.tiny_models import train_clip_tokenizer
+
+    other = copy.copy(processor)
+    other.clip_tokenizer = train_clip_tokenizer(["zebra giraffe elephant"] * 5, vocab_size=280)
+    with pytest.raises(ValueError, match="tokenizers do not match the model"):
+        CapDecImageToTextPipeline(model=model, processor=other)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("rm processor_config.json", r"no processor_config\.json or preprocessor_config\.json"),
+        ("cut processor_config.json", r"processor_config\.json is not valid JSON"),
+        ("cut tokenizer.json", r"saved/tokenizer\.json is not valid JSON \(truncated"),
+        ("cut clip_tokenizer/tokenizer.json", r"clip_tokenizer/tokenizer\.json is not valid JSON"),
+        ("rm folder", r"no folder .*saved"),
+    ],
+)
+def test_damaged_saved_processor_folders_name_the_file(saved_dir, tmp_path, damage, message):
+    import shutil
+
+    folder = _copy_saved(saved_dir, tmp_path)
+    action, _, name = damage.partition(" ")
+    if name == "folder":
+        shutil.rmtree(folder)
+    elif action == "rm":
+        (folder / name).unlink()
+    else:
+        text = (folder / name).read_text()
+        (folder / name).write_text(text[: len(text) // 2])
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        CapDecProcessor.from_pretrained(folder)

@@ -314,3 +314,126 @@ def test_modality_offset_files(parts, tmp_path):
     np.save(tmp_path / "short.npy", vector[:3])
     with pytest.raises(ValueError, match="short.npy has 3 values, expected 16"):
         main(cli(parts, tmp_path / "out", "--modality_offset_file", str(tmp_path / "short.npy")))
+
+
+def test_non_finite_noise_settings_are_refused_before_training(parts, tmp_path):
+    for value in ("inf", "nan", "-1"):
+        with pytest.raises(ValueError, match=rf"noise_variance must be a finite number >= 0, got {value}"):
+            main(cli(parts, tmp_path / "out", "--max_steps", "1", "--noise_variance", value))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(parts, tmp_path, monkeypatch, caplog):
+    from modeling_capdec.training.collator import CapDecDataCollator
+    from modeling_capdec.training.trainer import NonFiniteTrainingError
+
+    collate, calls = CapDecDataCollator.__call__, []
+
+    def poisoned(self, features):
+        batch = collate(self, features)
+        calls.append(1)
+        if len(calls) == 5:  # the batch of step 5: its embeddings, hence loss and gradients, are NaN
+            batch["clip_embeds"] = torch.full_like(batch["clip_embeds"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(CapDecDataCollator, "__call__", poisoned)
+    output_dir = tmp_path / "out"
+    arguments = cli(parts, output_dir, *"--max_steps 8 --save_steps 2 --logging_steps 1".split())
+    with pytest.raises(
+        NonFiniteTrainingError, match=r"stopped at step 5: the loss or gradients are not finite"
+    ):
+        main(arguments)
+    checkpoints = sorted(path.name for path in output_dir.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
+    weights = load_file(output_dir / "checkpoint-4" / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    assert not (output_dir / "model.safetensors").exists()  # no final save of a broken run
+
+    # The error names the checkpoint to resume from; resuming (without the poisoned batch) finishes the run.
+    monkeypatch.setattr(CapDecDataCollator, "__call__", collate)
+    trainer = main(arguments + ["--resume_from_checkpoint", "last"])
+    assert trainer.state.global_step == 8
+
+
+def test_resume_last_skips_half_written_checkpoints(parts, tmp_path, caplog):
+    import shutil
+
+    from modeling_capdec.training.trainer import checkpoint_to_resume
+
+    output_dir = tmp_path / "out"
+    main(cli(parts, output_dir, *"--max_steps 2 --save_steps 2".split()))
+    good = output_dir / "checkpoint-2"
+    # What kill -9 during a save leaves: a folder without trainer_state.json (written last), or with cut files.
+    for step, damage in ((4, "no state"), (6, "cut weights"), (8, "cut optimizer")):
+        broken = output_dir / f"checkpoint-{step}"
+        shutil.copytree(good, broken)
+        if damage == "no state":
+            (broken / "trainer_state.json").unlink()
+        else:
+            name = "model.safetensors" if damage == "cut weights" else "optimizer.pt"
+            data = (broken / name).read_bytes()
+            (broken / name).write_bytes(data[: len(data) // 2])
+    args = SimpleNamespace(resume_from_checkpoint="last", output_dir=str(output_dir))
+    with caplog.at_level("WARNING"):
+        assert checkpoint_to_resume(args) == str(good)
+    messages = caplog.text
+    assert "checkpoint-8: optimizer.pt is truncated" in messages
+    assert "checkpoint-6: model.safetensors cannot be read" in messages
+    assert "checkpoint-4: no trainer_state.json" in messages
+    args.resume_from_checkpoint = str(output_dir / "checkpoint-4")
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint-4: no trainer_state.json"):
+        checkpoint_to_resume(args)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        checkpoint_to_resume(SimpleNamespace(resume_from_checkpoint="last", output_dir=str(empty)))
+
+
+def test_a_clip_tokenizer_of_another_vocabulary_is_refused_before_training(parts, tmp_path):
+    import shutil
+
+    from demo.bpe_tokenizers import train_clip_tokenizer
+
+    clip = tmp_path / "clip"
+    shutil.copytree(parts.clip, clip)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        (clip / name).unlink(missing_ok=True)
+    train_clip_tokenizer(["zebra giraffe elephant"] * 5, vocab_size=280).save_pretrained(clip)
+    with pytest.raises(
+        ValueError, match=r"tokenizers do not match the model: the CLIP tokenizer has \d+ tokens"
+    ):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", "--clip_model", str(clip)))
+
+
+def test_cleaning_report_is_printed_and_bad_lines_can_be_skipped(parts, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_bytes(Path(parts.corpus).read_bytes() + b'{"caption": "caf\xe9"}\n{"caption": broken\n')
+    with pytest.raises(
+        ValueError, match=r"corpus\.jsonl as json: line 31: byte 0xe9 .*--train_file_encoding"
+    ):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1") + ["--train_file", str(corpus)])
+    main(
+        cli(parts, tmp_path / "out", "--max_steps", "1", "--save_strategy", "no")
+        + ["--train_file", str(corpus), "--skip_bad_lines"]
+    )
+    printed = capsys.readouterr().out
+    # CAPTIONS is ten captions three times: 30 kept, 20 of them repeats; printed at the default log level.
+    assert "Corpus cleaning: 30 rows, 30 captions: kept 30, dropped 0 empty and 0 not text" in printed
+    assert "20 of the kept are duplicates" in printed
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--learning_rate", "inf", "--learning_rate must be a finite number, got inf"),
+        ("--weight_decay", "nan", "--weight_decay must be a finite number, got nan"),
+        ("--max_grad_norm", "inf", "--max_grad_norm must be a finite number, got inf"),
+        ("--embedding_batch_size", "0", "--embedding_batch_size must be at least 1, got 0"),
+        ("--generation_num_beams", "0", "--generation_num_beams must be at least 1, got 0"),
+        ("--max_caption_tokens", "-2", "--max_caption_tokens must be at least 1, got -2"),
+        ("--per_device_train_batch_size", "0", "--per_device_train_batch_size must be at least 1, got 0"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(parts, tmp_path, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", option, value))

@@ -241,3 +241,102 @@ def test_eval_set(tmp_path, image_files):
     )
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_eval_set(missing, cache_dir=str(tmp_path / "hf"))
+
+
+CORPUS_FILES = {
+    # name: (bytes, the message's line and reason, rows kept with skip_bad_lines)
+    "latin1.jsonl": (
+        b'{"caption": "a dog"}\n{"caption": "caf\xe9 au lait"}\n{"caption": "a cat"}\n',
+        r"line 2: byte 0xe9 at column 17 is not valid utf-8; 1 bad line in all\. Give the file's encoding",
+        2,
+    ),
+    "latin1.txt": (b"a dog\ncaf\xe9\na cat\n", r"line 2: byte 0xe9 at column 4 is not valid utf-8", 2),
+    "malformed.jsonl": (
+        b'{"caption": "a dog"}\n{"caption": "a cat"\n["a list"]\n{"caption": "a bus"}\n',
+        r"line 2: malformed JSON \(Expecting ',' delimiter at column 20\); 2 bad lines in all \(lines 2, 3\)\. "
+        r"Fix the line, or pass --skip_bad_lines",
+        2,
+    ),
+    "ragged.csv": (
+        b"caption,id\na dog,1\na cat,2,extra\na bus,3\n",
+        r"line 3: 3 fields where the header has 2; 1 bad line in all",
+        2,
+    ),
+    "ragged.tsv": (b"caption\tid\na dog\t1\na cat\n", r"line 3: 1 fields where the header has 2", 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS_FILES))
+def test_bad_corpus_lines_are_named_or_skipped_and_counted(tmp_path, caplog, name):
+    data, message, kept = CORPUS_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(data)
+    cache = str(tmp_path / "hf")
+    with pytest.raises(ValueError, match=rf"Cannot read .*{name} as \w+: {message}"):
+        load_dataset_source(path, cache_dir=cache)
+    with caplog.at_level("WARNING"):
+        dataset = load_dataset_source(path, cache_dir=cache, skip_bad_lines=True)
+    assert dataset.num_rows == kept
+    skipped = (
+        data.count(b"\n") - kept - (1 if name.endswith("sv") else 0)
+    )  # all lines but the kept (and header)
+    assert f"Skipped {skipped} bad line" in caplog.text and name in caplog.text
+    assert dataset["caption"][0] == "a dog"
+    assert not list(tmp_path.glob("hf/**/*.tmp"))
+
+
+def test_corpus_encoding_option_reads_other_encodings(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(CORPUS_FILES["latin1.jsonl"][0])
+    dataset = load_dataset_source(path, cache_dir=str(tmp_path / "hf"), encoding="latin-1")
+    assert dataset["caption"] == ["a dog", "café au lait", "a cat"]
+    text = tmp_path / "latin1.txt"
+    text.write_bytes(CORPUS_FILES["latin1.txt"][0])
+    assert (
+        load_dataset_source(text, cache_dir=str(tmp_path / "hf"), encoding="latin-1")["caption"][1] == "café"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("empty.jsonl", b"", r"empty\.jsonl is empty \(0 bytes\)"),
+        ("empty.txt", b"", r"empty\.txt is empty \(0 bytes\)"),
+        ("blank.txt", b"\n  \n", r"blank\.txt holds no captions"),
+        ("blank.jsonl", b"\n\n", r"blank\.jsonl holds no captions"),
+        ("header.csv", b"caption,id\n", r"header\.csv holds only a header"),
+        ("empty.json", b"[]", r"empty\.json holds an empty JSON list"),
+        ("array.json", b'[{"caption": "a"},\n {"caption": "b",}]', r"array\.json as json: line 2, column 18"),
+        ("empty.parquet", b"", r"empty\.parquet is empty \(0 bytes\)"),
+    ],
+)
+def test_empty_and_malformed_corpus_files(tmp_path, name, data, message):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        load_dataset_source(tmp_path / name, cache_dir=str(tmp_path / "hf"), skip_bad_lines=True)
+
+
+def test_cleaning_counts_duplicates_and_checks_the_batch_size(model, processor, tmp_path):
+    corpus = datasets.Dataset.from_dict({"caption": ["a dog", "a  dog", "a cat", "a dog", ""]})
+    _, report = prepare_training_dataset(corpus, model, processor, cache_dir=tmp_path)
+    assert (report.kept, report.duplicates, report.dropped_empty) == (4, 2, 1)
+    assert "2 of the kept are duplicates" in report.summary()
+    for size in (0, -3):
+        with pytest.raises(
+            ValueError, match=rf"embedding_batch_size must be a whole number >= 1 .* got {size}"
+        ):
+            prepare_training_dataset(corpus, model, processor, embedding_batch_size=size, cache_dir=tmp_path)
+
+
+def test_temporary_files_of_a_killed_map_are_removed(model, processor, tmp_path, caplog):
+    cache = tmp_path / "c"
+    cache.mkdir()
+    leftover = cache / "tmpab12cd_9"  # what Dataset.map's NamedTemporaryFile leaves when the run is killed
+    leftover.write_bytes(b"half an arrow file")
+    keep = cache / "notes-tmp.txt"
+    keep.write_text("not ours")
+    corpus = datasets.Dataset.from_dict({"caption": ["a dog", "a cat"]})
+    with caplog.at_level("WARNING"):
+        prepare_training_dataset(corpus, model, processor, cache_dir=cache)
+    assert not leftover.exists() and keep.exists()
+    assert "Removed 1 temporary file(s) of an interrupted run" in caplog.text

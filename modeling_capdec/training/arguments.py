@@ -52,6 +52,17 @@ class DataArguments:
     train_file: str | None = field(
         default=None, metadata={"help": "Caption corpus file: .json/.jsonl/.csv/.tsv/.txt/.parquet."}
     )
+    train_file_encoding: str = field(
+        default="utf-8", metadata={"help": "Text encoding of --train_file (e.g. latin-1, cp1252)."}
+    )
+    skip_bad_lines: bool = field(
+        default=False,
+        metadata={
+            "help": "Skip (and count, in a warning) lines of --train_file that cannot be read: bytes invalid in "
+            "the encoding, malformed JSON lines, CSV rows with the wrong number of fields. Default: stop, "
+            "naming the line."
+        },
+    )
     dataset_dir: str | None = field(
         default=None, metadata={"help": "A save_to_disk corpus folder (processing/)."}
     )

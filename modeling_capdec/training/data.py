@@ -17,10 +17,12 @@ Eval sets (one row per image: an image column and a list of reference captions) 
 `modeling_capdec.evaluation.eval_sets.load_eval_set`.
 """
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +34,7 @@ from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
 
 from ..processing_capdec import load_image
+from .corpus_files import check_corpus_file
 from .noise import EXAMPLE_ID_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -59,12 +62,18 @@ def load_dataset_source(
     split: str = "train",
     cache_dir: str | None = None,
     text_column: str = "caption",
+    encoding: str = "utf-8",
+    skip_bad_lines: bool = False,
 ) -> Dataset:
     """Load one split from a data file, a `save_to_disk` folder or a Hub dataset name (tried in that order).
 
-    A `.txt` file is read one line per row into `text_column`. Errors name what failed: a missing file or
-    folder (`FileNotFoundError` with its path), a file that cannot be parsed (`ValueError` with its path), an
-    unknown split (`ValueError` listing the splits).
+    A `.txt` file is read one line per row into `text_column`. Text files (`.jsonl`, `.json`, `.csv`, `.tsv`,
+    `.txt`) are read in `encoding` and checked line by line first (`training.corpus_files.check_corpus_file`): a
+    byte that is not valid in the encoding, a malformed JSON line, a CSV row with the wrong number of fields or an
+    empty file raises `CorpusFileError` naming the file, the line and the reason; with `skip_bad_lines` the bad
+    lines are skipped and counted in a warning instead. Other errors name what failed: a missing file or folder
+    (`FileNotFoundError` with its path), a file that cannot be parsed (`ValueError` with its path), an unknown
+    split (`ValueError` listing the splits).
 
     Example:
 
@@ -78,7 +87,7 @@ def load_dataset_source(
     """
     path = Path(source)
     if path.is_file() or path.suffix.lower() in FILE_BUILDERS:
-        return _load_file(path, cache_dir, text_column)
+        return _load_file(path, cache_dir, text_column, encoding, skip_bad_lines)
     if path.is_dir():
         try:
             loaded = datasets.load_from_disk(str(path))
@@ -98,7 +107,9 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
-def _load_file(path: Path, cache_dir: str | None, text_column: str) -> Dataset:
+def _load_file(
+    path: Path, cache_dir: str | None, text_column: str, encoding: str, skip_bad_lines: bool
+) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"Data file not found: {path}")
     builder = FILE_BUILDERS.get(path.suffix.lower())
@@ -107,9 +118,11 @@ def _load_file(path: Path, cache_dir: str | None, text_column: str) -> Dataset:
             f"Cannot read {path}: unknown extension {path.suffix!r}; supported: {sorted(FILE_BUILDERS)}."
         )
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    # The file datasets reads: this one, or a checked UTF-8 copy without the skipped lines.
+    checked = check_corpus_file(path, builder, encoding, skip_bad_lines, cache_dir)
     try:
         dataset = datasets.load_dataset(
-            builder, data_files=str(path), split="train", cache_dir=cache_dir, **options
+            builder, data_files=str(checked), split="train", cache_dir=cache_dir, **options
         )
     except Exception as error:  # the builders raise many types (DatasetGenerationError, ArrowInvalid, ...)
         raise ValueError(f"Cannot read {path} as {builder}: {type(error).__name__}: {error}") from error
@@ -134,8 +147,9 @@ class CleaningReport:
     Example:
 
     ```python
-    >>> print(CleaningReport(rows=3, captions=4, kept=3, dropped_empty=1, dropped_not_text=0, truncated=1).summary())
-    3 rows, 4 captions: kept 3, dropped 1 empty and 0 not text, truncated 1 to max_caption_tokens
+    >>> print(CleaningReport(rows=3, captions=4, kept=3, dropped_empty=1, dropped_not_text=0, truncated=1,
+    ...                      duplicates=1).summary())
+    3 rows, 4 captions: kept 3, dropped 1 empty and 0 not text, truncated 1 to max_caption_tokens; 1 of the kept are duplicates of another kept caption (trained on as often as they occur)
     ```
     """
 
@@ -145,12 +159,17 @@ class CleaningReport:
     dropped_empty: int
     dropped_not_text: int
     truncated: int
+    # Kept captions equal (after whitespace normalisation) to an earlier kept one. They stay: a corpus's repeats
+    # are its caption distribution; the count says how much of it is repetition.
+    duplicates: int = 0
     embeddings_from_cache: bool = False
 
     def summary(self) -> str:
         return (
             f"{self.rows} rows, {self.captions} captions: kept {self.kept}, dropped {self.dropped_empty} empty "
-            f"and {self.dropped_not_text} not text, truncated {self.truncated} to max_caption_tokens"
+            f"and {self.dropped_not_text} not text, truncated {self.truncated} to max_caption_tokens; "
+            f"{self.duplicates} of the kept are duplicates of another kept caption (trained on as often as they "
+            "occur)"
         )
 
 
@@ -200,12 +219,15 @@ def _clean_batch(
 
 
 def count_cleaning(cleaned: Dataset, rows: int) -> CleaningReport:
-    """Count kept, dropped and truncated captions of a cleaned corpus with Arrow (no Python lists of rows)."""
+    """Count kept, dropped, truncated and duplicate captions of a cleaned corpus with Arrow (no Python lists of
+    rows)."""
     table = cleaned.data  # the memory-mapped Arrow table (a map's output has no indices mapping)
     reasons = {
         entry["values"]: entry["counts"] for entry in pc.value_counts(table.column("drop_reason")).to_pylist()
     }
     truncated = pc.sum(table.column("truncated").cast("int64")).as_py() or 0
+    kept_captions = table.column("caption").filter(pc.equal(table.column("drop_reason"), ""))
+    distinct = pc.count_distinct(kept_captions).as_py() if len(kept_captions) else 0
     return CleaningReport(
         rows=rows,
         captions=table.num_rows,
@@ -213,6 +235,7 @@ def count_cleaning(cleaned: Dataset, rows: int) -> CleaningReport:
         dropped_empty=reasons.get("empty", 0),
         dropped_not_text=reasons.get("not text", 0),
         truncated=truncated,
+        duplicates=len(kept_captions) - distinct,
     )
 
 
@@ -240,10 +263,57 @@ def clip_fingerprint(clip: torch.nn.Module) -> str:
     return Hasher.hash((clip.config.to_json_string(use_diff=False), checksum))
 
 
-def _cache_file(cache_dir: str | os.PathLike | None, stage: str, fingerprint: str) -> str:
+def _cache_folder(cache_dir: str | os.PathLike | None) -> Path:
     folder = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "capdec"
     folder.mkdir(parents=True, exist_ok=True)
-    return str(folder / f"{stage}-{fingerprint}.arrow")
+    return folder
+
+
+def _cache_file(cache_dir: str | os.PathLike | None, stage: str, fingerprint: str) -> str:
+    return str(_cache_folder(cache_dir) / f"{stage}-{fingerprint}.arrow")
+
+
+# `Dataset.map` writes a stage to tempfile.NamedTemporaryFile(dir=<the cache file's folder>) ("tmp" + 8 characters)
+# and renames it when done; a run killed meanwhile leaves that file behind.
+_TEMPORARY_FILE = re.compile(r"^tmp[a-z0-9_]{8}$")
+
+
+@contextlib.contextmanager
+def _cache_folder_in_use(folder: Path) -> Iterator[None]:
+    """Hold a shared lock on the cache folder while the stages write to it; whoever finds no other holder removes
+    the temporary files of killed runs (a live run's temporary file is never touched: it holds the lock).
+
+    A lock dies with its process, so a kill -9 leaves no stale lock, only the temporary file cleaned up here by the
+    next run. Where `fcntl` is missing (Windows) nothing is removed.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(folder / ".capdec-cache.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another run uses the folder now: its temporary files may be live
+            pass
+        else:
+            leftovers = [
+                path for path in folder.iterdir() if path.is_file() and _TEMPORARY_FILE.match(path.name)
+            ]
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+            if leftovers:
+                logger.warning(
+                    "Removed %d temporary file(s) of an interrupted run from %s: %s",
+                    len(leftovers),
+                    folder,
+                    ", ".join(path.name for path in leftovers),
+                )
+        fcntl.flock(lock, fcntl.LOCK_SH)  # the exclusive lock (if taken) becomes shared
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- the pipeline -----------------------------------------------------------------------------------------
@@ -288,12 +358,50 @@ def prepare_training_dataset(
     ```
     """
     _check_inputs(dataset, model, mode, caption_column, image_column, max_caption_tokens, embed_on_the_fly)
+    if not isinstance(embedding_batch_size, int) or embedding_batch_size < 1:
+        raise ValueError(
+            f"embedding_batch_size must be a whole number >= 1 (captions per CLIP forward), got {embedding_batch_size!r}."
+        )
+    if num_proc is not None and num_proc < 1:
+        raise ValueError(f"num_proc (--preprocessing_num_workers) must be >= 1 or unset, got {num_proc}.")
     if device is not None:
         model.clip.to(device)  # embed on the training device; Trainer moves the rest of the model later
     device = next(model.clip.parameters()).device
     clip_hash = clip_fingerprint(model.clip) if not embed_on_the_fly else None
     cache = {"cache_dir": cache_dir, "overwrite_cache": overwrite_cache}
+    with _cache_folder_in_use(_cache_folder(cache_dir)):
+        return _prepare(
+            dataset,
+            model,
+            processor,
+            mode,
+            caption_column,
+            image_column,
+            max_caption_tokens,
+            embed_on_the_fly,
+            embedding_batch_size,
+            num_proc,
+            device,
+            clip_hash,
+            cache,
+        )
 
+
+def _prepare(
+    dataset: Dataset,
+    model: Any,
+    processor: Any,
+    mode: str,
+    caption_column: str,
+    image_column: str | None,
+    max_caption_tokens: int,
+    embed_on_the_fly: bool,
+    embedding_batch_size: int,
+    num_proc: int | None,
+    device: torch.device,
+    clip_hash: str | None,
+    cache: dict[str, Any],
+) -> tuple[Dataset, CleaningReport]:
     source, carried = dataset, []
     if mode == "supervised":
         source = _embed_images(

@@ -8,18 +8,20 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+import torch
 import transformers
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint, speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
 from ..modeling_capdec import CapDecForConditionalGeneration
-from ..processing_capdec import CapDecProcessor
+from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
@@ -49,6 +51,52 @@ class CapDecNoiseCallback(TrainerCallback):
         # state.epoch is fractional after a mid-epoch resume (1.5 → epoch 1); the small margin absorbs float sums.
         self.collator.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
         return control
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """The loss or the gradients of a training step were NaN or infinite; the message names the step."""
+
+
+class NonFiniteGuardCallback(TrainerCallback):
+    """Stops training, before the optimizer step, at the first step whose gradients are NaN or infinite.
+
+    A NaN loss makes NaN gradients, and one optimizer step with them turns every weight into NaN while the run
+    goes on (Trainer's `logging_nan_inf_filter` even hides the loss). Checking the gradients before the step
+    keeps the weights and the checkpoints already written as they were; the error names the step, the first
+    parameters hit and the last checkpoint to resume from. Under `fp16` an overflow is the GradScaler's business
+    (it skips the step and lowers the scale), so the check is off there.
+
+    Example:
+
+    ```python
+    >>> trainer = CapDecTrainer(..., callbacks=[NonFiniteGuardCallback()])  # doctest: +SKIP (CapDecTrainer adds it)
+    ```
+    """
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None or args.fp16:
+            return control
+        named = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+        if not named:
+            return control
+        # One device-to-host sync per optimizer step: a flag per tensor, reduced on the device.
+        finite = torch.stack([grad.isfinite().all() for _, grad in named])
+        if bool(finite.all()):
+            return control
+        bad = [name for (name, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
+        step = state.global_step + 1
+        checkpoint = last_complete_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        kept = (
+            f"the last good checkpoint is {checkpoint} (resume with --resume_from_checkpoint last)"
+            if checkpoint
+            else "no checkpoint was written before it"
+        )
+        raise NonFiniteTrainingError(
+            f"Training stopped at step {step}: the loss or gradients are not finite (NaN or inf) in "
+            f"{len(bad)} parameters ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}). The optimizer step "
+            f"was not taken, so no NaN reached the weights; {kept}. Lower the learning rate, set "
+            "--max_grad_norm, or check the data and noise settings."
+        )
 
 
 class _Shard(Sequence):
@@ -97,6 +145,10 @@ class CapDecTrainer(Trainer):
 
     def __init__(self, *args, model_card_template: str | os.PathLike | None = MODEL_CARD_TEMPLATE, **kwargs):
         super().__init__(*args, **kwargs)
+        if not any(
+            isinstance(callback, NonFiniteGuardCallback) for callback in self.callback_handler.callbacks
+        ):
+            self.add_callback(NonFiniteGuardCallback())
         self.model_card_template = model_card_template
         self.model_card_fields: dict[str, str] = {}
         self.last_eval_predictions: dict[Any, str] | None = None
@@ -221,6 +273,7 @@ def load_capdec_for_training(
             model.config.train_decoder = train_decoder
             model.decoder.requires_grad_(train_decoder)
             model.freeze_frozen_parts()
+        check_processor_matches_model(processor, model)
         return model, processor
     if not clip_model or not decoder_model:
         raise ValueError("Give --clip_model and --decoder_model (or --init_from, an existing CapDec folder).")
@@ -229,7 +282,10 @@ def load_capdec_for_training(
     model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
         clip_model, decoder_model, **config_kwargs
     )
-    return model, CapDecProcessor.from_clip_decoder_pretrained(clip_model, decoder_model)
+    processor = CapDecProcessor.from_clip_decoder_pretrained(clip_model, decoder_model)
+    # Before hours of embedding and training: the tokenizers must be these models' own.
+    check_processor_matches_model(processor, model)
+    return model, processor
 
 
 def load_modality_offset(path: str | os.PathLike, expected_size: int | None = None) -> list[float]:
@@ -297,7 +353,8 @@ def setup_logging(training_args: Any) -> None:
 
 
 def check_run_arguments(data_args: Any, training_args: Any) -> None:
-    """Checks that would otherwise fail hours into a run."""
+    """Checks that would otherwise fail hours into a run (single settings are checked when parsed:
+    `commands.recipes.check_settings`)."""
     if data_args.train_source is None:
         raise ValueError("Give the training corpus: --train_file, --dataset_dir or --dataset_name.")
     if data_args.eval_source:
@@ -319,16 +376,74 @@ def check_run_arguments(data_args: Any, training_args: Any) -> None:
         logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
 
 
+def checkpoint_problem(folder: str | os.PathLike) -> str | None:
+    """Why a `checkpoint-*` folder cannot be resumed from (None when it is complete).
+
+    Trainer writes the weights, then the optimizer and RNG states, and `trainer_state.json` last; a run killed
+    while saving leaves a folder without it, or with a truncated file. Complete means: `trainer_state.json`
+    parses, and a weights file (`model.safetensors` or its index) is there and its safetensors header reads.
+    """
+    folder = Path(folder)
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json (it is written last: the save was interrupted)"
+    except (OSError, ValueError) as error:
+        return f"trainer_state.json cannot be read ({type(error).__name__}: {error})"
+    if not list(folder.glob("*.safetensors")) and not list(folder.glob("pytorch_model*.bin")):
+        return "no model weights (*.safetensors)"
+    from safetensors import safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for a truncated header
+            return f"{path.name} cannot be read ({type(error).__name__}: {error})"
+    for path in sorted([*folder.glob("*.pt"), *folder.glob("*.pth"), *folder.glob("*.bin")]):
+        # torch.save writes a zip archive whose directory comes last: a truncated file has none.
+        if not zipfile.is_zipfile(path):
+            return f"{path.name} is truncated or not a torch file"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete `checkpoint-<step>` folder of `output_dir` (see `checkpoint_problem`), or None;
+    newer incomplete ones are skipped with a warning that says why."""
+    folders = []
+    for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        step = path.name.rpartition("-")[2]
+        if path.is_dir() and step.isdigit():
+            folders.append((int(step), path))
+    for _, path in sorted(folders, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("Skipping the incomplete checkpoint %s: %s.", path, problem)
+    return None
+
+
 def checkpoint_to_resume(training_args: Any) -> str | None:
-    """`--resume_from_checkpoint`: a folder, or `last` for the newest `checkpoint-*` of the output folder."""
+    """`--resume_from_checkpoint`: a folder, or `last` for the newest complete `checkpoint-*` of the output
+    folder (a half-written one, left by a kill during a save, is skipped with a warning)."""
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint == "last":
         output_dir = training_args.output_dir
-        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         if checkpoint is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint last: no checkpoint-* in {output_dir}.")
-    elif checkpoint is not None and not os.path.isdir(checkpoint):
-        raise FileNotFoundError(f"Checkpoint folder not found: {checkpoint}")
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint last: no complete checkpoint-* in {output_dir}."
+            )
+        logger.warning("Resuming from %s.", checkpoint)
+    elif checkpoint is not None:
+        if not os.path.isdir(checkpoint):
+            raise FileNotFoundError(f"Checkpoint folder not found: {checkpoint}")
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise ValueError(
+                f"Cannot resume from {checkpoint}: {problem}. Pass --resume_from_checkpoint last to take the "
+                "newest complete checkpoint."
+            )
     return checkpoint
 
 
@@ -377,8 +492,12 @@ def finish_run(
 __all__ = [
     "CapDecNoiseCallback",
     "CapDecTrainer",
+    "NonFiniteGuardCallback",
+    "NonFiniteTrainingError",
     "check_run_arguments",
+    "checkpoint_problem",
     "checkpoint_to_resume",
+    "last_complete_checkpoint",
     "finish_run",
     "load_capdec_for_training",
     "load_modality_offset",
