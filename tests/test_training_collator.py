@@ -196,6 +196,7 @@ def test_noise_keeps_the_input_dtype_and_is_computed_in_float32(unit_embedding):
     torch.testing.assert_close(noised, reference.to(torch.bfloat16), atol=0, rtol=0)
     offset = inject_noise(embeds, 0.0, modality_offset=[0.5] + [0.0] * (DIM - 1))
     assert offset.dtype == torch.bfloat16 and offset.shape == embeds.shape
+    assert inject_noise(embeds, 0.0).dtype == torch.bfloat16  # no noise, no offset: normalised only
 
 
 @pytest.mark.parametrize("dim", [2, 512])
