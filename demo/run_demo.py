@@ -115,7 +115,7 @@ def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[
         "HF_HUB_OFFLINE": "1",
     }
     pending = list(runs.items())
-    active: dict[str, tuple[subprocess.Popen, Path, tqdm, float]] = {}
+    active: dict[str, tuple[subprocess.Popen, Path, RunProgress, float]] = {}
     durations: dict[str, float] = {}
     position = 0
     while pending or active:
@@ -130,12 +130,12 @@ def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[
                 env=env,
                 cwd=REPO,
             )
-            bar = tqdm(total=None, desc=f"train {name}", position=position, leave=True, unit="step")
+            bar = RunProgress(f"train {name}", position)
             position += 1
             active[name] = (process, log, bar, time.time())
         time.sleep(1.0)
         for name, (process, log, bar, start) in list(active.items()):
-            _update_bar(bar, log)
+            bar.show(_progress(log))
             if process.poll() is not None:
                 bar.close()
                 del active[name]
@@ -150,15 +150,40 @@ def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[
 _PROGRESS = re.compile(r"(?:^|[\r\n])\s*\d+%\|[^|\r\n]*\|\s*(\d+)/(\d+) \[")
 
 
-def _update_bar(bar: tqdm, log: Path) -> None:
-    text = log.read_text(errors="replace")[-4000:]
-    found = _PROGRESS.findall(text)
-    if found:
-        done, total = map(int, found[-1])
-        if bar.total != total:
-            bar.total = total
-        bar.n = done
-        bar.refresh()
+def _progress(log: Path) -> tuple[int, int] | None:
+    """The last `(step, total)` Trainer's bar wrote to a run's log, if any."""
+    found = _PROGRESS.findall(log.read_text(errors="replace")[-4000:])
+    return tuple(map(int, found[-1])) if found else None
+
+
+class RunProgress:
+    """One progress display per training run: a tqdm bar on a terminal; elsewhere (a log, CI) a plain line every
+    10% of the steps, since tqdm's cursor moves between several bars print as literal `[A` escapes there."""
+
+    def __init__(self, name: str, position: int):
+        self.name, self.last_tenth = name, -1
+        self.bar = tqdm(total=None, desc=name, position=position, unit="step") if sys.stderr.isatty() else None
+
+    def show(self, progress: tuple[int, int] | None) -> None:
+        if progress is None:  # still loading the model and the data
+            return
+        done, total = progress
+        if self.bar is None:
+            tenth = 10 * done // max(total, 1)
+            if tenth > self.last_tenth:
+                self.last_tenth = tenth
+                print(f"  {self.name}: step {done}/{total}", flush=True)
+            return
+        if self.bar.total != total:
+            # Restart the clock at the first step seen: the rate (and ETA) then excludes model and data loading,
+            # which would otherwise make the first ETAs read hours.
+            self.bar.reset(total=total)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
 
 
 # -- 4. captioning and scoring --------------------------------------------------------------------------------

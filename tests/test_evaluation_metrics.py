@@ -221,3 +221,11 @@ def test_evaluate_load_works_offline(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "'BLEU-4': 0.99999" in result.stdout
+
+
+def test_the_toolkits_java_chatter_does_not_reach_the_console(capfd):
+    """The PTB tokenizer's "PTBTokenizer tokenized N tokens" line (one per evaluation) stays out of the console."""
+    scores = compute_caption_metrics(["a dog runs"], [["a dog runs"]], metrics=["BLEU"])
+    assert scores["BLEU-1"] == pytest.approx(1.0, abs=1e-6)
+    captured = capfd.readouterr()
+    assert "PTBTokenizer" not in captured.err and "PTBTokenizer" not in captured.out

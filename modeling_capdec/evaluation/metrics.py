@@ -12,9 +12,12 @@ The toolkit runs Java: the tokenizer and METEOR (about 10 s to load its paraphra
 This module imports only the standard library, numpy and `pycocoevalcap`, so scoring needs no torch.
 """
 
+import contextlib
 import logging
 import os
 import shutil
+import sys
+import tempfile
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -234,6 +237,32 @@ def _one_line(caption: str) -> str:
     return "".join(" " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char for char in caption)
 
 
+@contextlib.contextmanager
+def _java_stderr_captured():
+    """Capture what the toolkit's Java tokenizer writes to the process's stderr (a "PTBTokenizer tokenized N tokens"
+    line per call and "Untokenizable" warnings) instead of letting it reach the console at every evaluation. Yields
+    the list the captured lines are put in; on an error they are raised with it, so nothing is lost."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+
+        def read() -> str:
+            captured.seek(0)
+            return captured.read().decode(errors="replace")
+
+        try:
+            yield lines
+        except Exception as error:
+            os.dup2(saved, 2)
+            raise RuntimeError(f"The COCO caption toolkit's tokenizer failed:\n{read()[-2000:]}") from error
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            lines.extend(read().splitlines())
+
+
 def _tokenize(candidates: list[str], reference_lists: list[list[str]]) -> tuple[dict, dict]:
     """PTB-tokenise (lower case, punctuation removed) with the toolkit, in one JVM for both sides.
 
@@ -243,7 +272,11 @@ def _tokenize(candidates: list[str], reference_lists: list[list[str]]) -> tuple[
     }
     for index, refs in enumerate(reference_lists):
         captions["references", index] = [{"caption": _one_line(ref)} for ref in refs]
-    tokenized = PTBTokenizer().tokenize(captions)
+    with _java_stderr_captured() as java_messages:
+        tokenized = PTBTokenizer().tokenize(captions)
+    untokenizable = [line for line in java_messages if "Untokenizable" in line]
+    if untokenizable:
+        logger.info("PTB tokenizer: %d untokenizable characters dropped (%s)", len(untokenizable), untokenizable[0])
     res = {index: tokenized["prediction", index] for index in range(len(candidates))}
     gts = {index: tokenized["references", index] for index in range(len(reference_lists))}
     return res, gts
