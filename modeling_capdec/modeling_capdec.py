@@ -416,6 +416,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module | None:
         return self.decoder.get_output_embeddings()
 
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        # resize_token_embeddings swaps the decoder's head through this; the decoder re-ties it to its input.
+        self.decoder.set_output_embeddings(new_embeddings)
+
     def _maybe_normalize(self, embeds: torch.Tensor, normalize: bool | None) -> torch.Tensor:
         normalize = self.config.normalize_prefix if normalize is None else normalize
         return F.normalize(embeds, dim=-1) if normalize else embeds
@@ -502,8 +506,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CapDecOutput:
+    ) -> CapDecOutput | tuple:
         r"""
         Args:
             input_ids (`(batch, seq_len)`): caption tokens in the decoder's vocabulary (without the prefix).
@@ -513,6 +519,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 the call is a plain decoder step (as in generation after the first step).
             labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
                 caption tokens only, never the prefix.
+            shift_labels (`(batch, seq_len)`): transformers' name for targets already aligned with the logits
+                (`logits[:, i]` predicts `shift_labels[:, i]`). CapDec's `labels` are aligned that way already
+                (the prefix's last position predicts caption token 0), so `shift_labels` is used as `labels`
+                and wins when both are given, as in transformers' causal-LM loss.
+            cache (`Cache`): the decoder's key/value cache; `past_key_values` is accepted as its older name.
+            position_ids (`(batch, seq_len)`): with a CLIP input, positions of the caption tokens counted from
+                the first caption token (e.g. `attention_mask.cumsum(-1) - 1` for a left-padded batch): the
+                prefix takes positions `0 .. prefix_length - 1` and they are shifted past it. Without a CLIP
+                input, the decoder's own positions (the prefix included), as generation passes them.
+            return_dict (`bool`): False returns a tuple of the output's non-None fields.
             num_items_in_batch (in `kwargs`): passed by Trainer under gradient accumulation: the loss is then
                 the token sum divided by it.
 
@@ -525,7 +541,18 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        kwargs.pop("return_dict", None)  # outputs are always ModelOutput objects
+        past_key_values = kwargs.pop("past_key_values", None)
+        if past_key_values is not None:
+            if cache is not None and cache is not past_key_values:
+                raise ValueError(
+                    "Pass the decoder cache once, as `cache` (or its older name `past_key_values`)."
+                )
+            cache = past_key_values
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        if shift_labels is not None:
+            labels = shift_labels
+        self._check_token_ids(input_ids)
         decoder_kwargs = {"cache": cache, "use_cache": use_cache, **kwargs}
         if all(x is None for x in (pixel_values, clip_input_ids, clip_embeds)):
             # A plain decoder step: generation after the prefix, or a caller that built inputs_embeds itself.
@@ -539,12 +566,13 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 logits_to_keep=logits_to_keep,
                 **decoder_kwargs,
             )
-            return CapDecOutput(
+            output = CapDecOutput(
                 logits=outputs.logits,
                 cache=outputs.get("cache"),
                 hidden_states=outputs.get("hidden_states"),
                 attentions=outputs.get("attentions"),
             )
+            return output if return_dict else output.to_tuple()
 
         prefix_embeds = self.get_prefix_embeds(
             pixel_values=pixel_values,
@@ -555,8 +583,15 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         decoder_embeds, decoder_mask = self._prepend_prefix(
             prefix_embeds, input_ids, inputs_embeds, attention_mask
         )
+        prefix_length = prefix_embeds.shape[1]
+        if position_ids is not None:
+            # Caption positions count from the first caption token; the prefix comes first.
+            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(
+                position_ids.shape[0], -1
+            )
+            position_ids = torch.cat([prefix_positions, position_ids + prefix_length], dim=-1)
         if labels is not None:
-            seq_len = decoder_embeds.shape[1] - prefix_embeds.shape[1]
+            seq_len = decoder_embeds.shape[1] - prefix_length
             if labels.shape != (decoder_embeds.shape[0], seq_len):
                 raise ValueError(
                     f"labels must have the caption's shape {(decoder_embeds.shape[0], seq_len)}, got "
@@ -568,6 +603,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         outputs = self.decoder(
             inputs_embeds=decoder_embeds,
             attention_mask=decoder_mask,
+            position_ids=position_ids,
             logits_to_keep=logits_to_keep,
             **decoder_kwargs,
         )
@@ -575,7 +611,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         if labels is not None:
             logits = logits[:, :-1]
             loss = self._caption_loss(logits, labels, num_items_in_batch)
-        return CapDecOutput(
+        output = CapDecOutput(
             loss=loss,
             logits=logits,
             cache=outputs.get("cache"),
@@ -583,6 +619,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),
         )
+        return output if return_dict else output.to_tuple()
+
+    def _check_token_ids(self, input_ids: torch.Tensor | None) -> None:
+        """A token id past the decoder's embedding table fails deep inside an embedding lookup (or, on GPU, as
+        a device-side assert): name the problem here instead, typically a tokenizer grown without
+        `resize_token_embeddings`."""
+        if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+            return  # (reading the largest id would break a compiled graph)
+        vocab_size = self.get_input_embeddings().num_embeddings
+        largest, smallest = int(input_ids.max()), int(input_ids.min())
+        if largest >= vocab_size or smallest < 0:
+            bad = largest if largest >= vocab_size else smallest
+            raise ValueError(
+                f"input_ids hold token id {bad}, outside the decoder's vocabulary of {vocab_size} tokens "
+                "(0 .. {last}). If tokens were added to the tokenizer, call "
+                "model.resize_token_embeddings(len(tokenizer)).".format(last=vocab_size - 1)
+            )
 
     def _prepend_prefix(
         self,
@@ -634,10 +687,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         config = self.generation_config
         if config.max_new_tokens is not None or config.max_length != GenerationConfig().max_length:
             return None
-        text_config = self.config.text_config.get_text_config()
-        positions = getattr(text_config, "max_position_embeddings", None) or getattr(
-            text_config, "n_positions", None
-        )
+        positions = self._decoder_positions()
         room = positions - input_length if positions else DEFAULT_MAX_NEW_TOKENS
         return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
 
@@ -651,13 +701,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         clip_attention_mask: torch.Tensor | None = None,
         clip_embeds: torch.FloatTensor | None = None,
         **generate_kwargs,
-    ) -> torch.LongTensor:
+    ) -> torch.LongTensor | ModelOutput:
         """Caption a batch from images (or CLIP text / precomputed embeddings), with any decoding strategy
-        of `GenerationMixin.generate` (greedy, beam search, sampling; the KV cache is always used).
+        of `GenerationMixin.generate` (greedy, beam search, sampling, assisted; the KV cache is always used).
 
         Returns `(batch, new_tokens)` caption token ids, padded with the pad (= eos) token. With a text
         prompt (`input_ids`, `attention_mask`, left-padded) the prompt continues after the prefix and its
-        tokens are returned in front of the new ones, as for any decoder-only model.
+        tokens are returned in front of the new ones, as for any decoder-only model; so are the `sequences` of
+        `return_dict_in_generate=True` (whose `scores`/`logits` cover the new tokens). To continue a caption,
+        pass its `sequences` as `input_ids` with the returned `past_key_values` and the same CLIP input.
+        `position_ids`, if given, count from the first prompt token (the prefix is placed before them).
 
         Example:
 
@@ -667,12 +720,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         >>> processor.batch_decode(ids)
         ```
         """
-        for key in ("inputs_embeds", "prefix_embeds"):
-            if key in generate_kwargs:
-                raise ValueError(
-                    f"generate builds {key} itself; pass pixel_values, clip_input_ids or clip_embeds."
-                )
+        if "prefix_embeds" in generate_kwargs:
+            raise ValueError(
+                "generate builds prefix_embeds itself; pass pixel_values, clip_input_ids or clip_embeds."
+            )
+        has_clip_input = any(x is not None for x in (pixel_values, clip_input_ids, clip_embeds))
+        if "inputs_embeds" in generate_kwargs and not has_clip_input:
+            # Decoder inputs built by the caller, prefix included: what assisted decoding passes its assistant.
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        if "inputs_embeds" in generate_kwargs:
+            raise ValueError(
+                "generate builds inputs_embeds itself from the CLIP input; pass one or the other."
+            )
         generate_kwargs.pop("token_type_ids", None)
+        # `cache` is the v5 name; `past_key_values` (what generate returns) is accepted as well.
+        if "past_key_values" in generate_kwargs:
+            generate_kwargs["cache"] = generate_kwargs.pop("past_key_values")
+        self._check_generate_arguments(pixel_values, clip_input_ids, clip_embeds, generate_kwargs)
         prefix_embeds = self.get_prefix_embeds(
             pixel_values=pixel_values,
             clip_input_ids=clip_input_ids,
@@ -684,24 +748,91 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         decoder_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=prefix_embeds.device)
         has_prompt = input_ids is not None and input_ids.shape[-1] > 0
         if has_prompt:
+            self._check_token_ids(input_ids)
             input_ids = input_ids.to(prefix_embeds.device)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             prompt_embeds = self.get_input_embeddings()(input_ids).to(prefix_embeds.dtype)
             inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
             decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
+        position_ids = generate_kwargs.pop("position_ids", None)
+        if position_ids is not None:
+            # generate drives the decoder from inputs_embeds (prefix + prompt): give it decoder positions.
+            position_ids = position_ids.to(prefix_embeds.device)
+            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(batch, -1)
+            generate_kwargs["position_ids"] = torch.cat(
+                [prefix_positions, position_ids + prefix_length], dim=-1
+            )
+        self._fit_length_to_positions(inputs_embeds.shape[1], generate_kwargs)
+        # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
+        output = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
+        if not has_prompt:
+            return output
+        new_tokens = output if isinstance(output, torch.Tensor) else output.sequences
+        repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
+        sequences = torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
+
+    def _check_generate_arguments(
+        self,
+        pixel_values: torch.Tensor | None,
+        clip_input_ids: torch.Tensor | None,
+        clip_embeds: torch.Tensor | None,
+        generate_kwargs: dict,
+    ) -> None:
+        """Errors that would otherwise surface deep inside transformers with an unrelated message."""
+        for name, value in (
+            ("pixel_values", pixel_values),
+            ("clip_input_ids", clip_input_ids),
+            ("clip_embeds", clip_embeds),
+        ):
+            if value is not None and value.shape[0] == 0:
+                raise ValueError(
+                    f"generate got an empty batch ({name} of shape {tuple(value.shape)}): nothing to caption."
+                )
+        config = generate_kwargs.get("generation_config")
+        num_beams = generate_kwargs.get("num_beams", getattr(config, "num_beams", None))
+        if num_beams is not None and num_beams < 1:
+            raise ValueError(
+                f"num_beams must be a positive integer (1 for greedy or sampling), got {num_beams}."
+            )
+
+    def _decoder_positions(self) -> int | None:
+        text_config = self.config.text_config.get_text_config()
+        return getattr(text_config, "max_position_embeddings", None) or getattr(
+            text_config, "n_positions", None
+        )
+
+    def _fit_length_to_positions(self, input_length: int, generate_kwargs: dict) -> None:
+        """Choose the caption length when nothing sets one, and keep every length within the decoder's positions:
+        past them a learned position table (GPT-2) fails with an IndexError mid-generation, so a longer request
+        is cut to what fits, with a warning naming the numbers."""
         if not any(key in generate_kwargs for key in ("max_new_tokens", "max_length", "generation_config")):
-            default = self._default_max_new_tokens(inputs_embeds.shape[1])
+            default = self._default_max_new_tokens(input_length)
             if default is not None:
                 generate_kwargs["max_new_tokens"] = default
-        # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
-        new_tokens = super().generate(
-            inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs
-        )
-        if has_prompt and isinstance(new_tokens, torch.Tensor):
-            repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
-            return torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)
-        return new_tokens
+        positions = self._decoder_positions()
+        if not positions:
+            return
+        config = generate_kwargs.get("generation_config", self.generation_config)
+        # A continued generation counts its earlier tokens in input_length (they are in the prompt).
+        room = positions - input_length
+        if room < 1:
+            raise ValueError(
+                f"The prefix and prompt take {input_length} positions, but the decoder has only {positions}: "
+                "shorten the prompt."
+            )
+        max_new_tokens = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+        if max_new_tokens is not None and max_new_tokens > room:
+            logger.warning(
+                f"max_new_tokens={max_new_tokens} does not fit the decoder's {positions} positions after "
+                f"{input_length} prefix and prompt positions: generating at most {room} new tokens."
+            )
+            generate_kwargs.pop("max_length", None)
+            generate_kwargs["max_new_tokens"] = room
 
 
 __all__ = ["CapDecForConditionalGeneration", "CapDecPreTrainedModel", "CapDecOutput"]
