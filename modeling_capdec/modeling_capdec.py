@@ -7,10 +7,12 @@ The module layout mirrors the paper's code so its checkpoints map one-to-one:
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoModel,
@@ -21,7 +23,7 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput, logging
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .configuration_capdec import CapDecConfig
 
@@ -110,6 +112,36 @@ def _describe_loading_problems(loading_info: dict) -> list[str]:
             f"- in the checkpoint but not in the model: {_shown(loading_info['unexpected_keys'])}"
         )
     return problems
+
+
+def _check_local_folder(path, subfolder: str) -> None:
+    """A local folder without config.json would otherwise load as a default-sized CapDec (transformers falls back
+    to the class defaults) and fail with a weight/shape mismatch that hides the real problem."""
+    folder = os.path.join(str(path), subfolder) if subfolder else str(path)
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise OSError(
+            f"{folder} has no {CONFIG_NAME}: a saved CapDec folder needs it to know the model's sizes "
+            "(save with model.save_pretrained, which writes it)."
+        )
+
+
+def _raise_if_unreadable_weights(path, subfolder: str, error: Exception) -> None:
+    """A truncated or garbage safetensors file fails deep in the safetensors reader with a message that does not
+    say which file; name it."""
+    if path is None:
+        return
+    folder = os.path.join(str(path), subfolder) if subfolder else str(path)
+    weights = os.path.join(folder, SAFE_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        return
+    try:
+        with safe_open(weights, framework="pt") as reader:
+            for key in reader.keys():
+                reader.get_slice(key)
+    except Exception as read_error:
+        raise OSError(
+            f"Cannot read the weights file {weights}: {read_error}. Is it truncated or corrupted?"
+        ) from error
 
 
 class CapDecMLPMapper(nn.Module):
@@ -317,15 +349,26 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus two CapDec guarantees: CLIP (and, with `train_decoder=False`,
-        the decoder) is frozen again after loading, and a checkpoint whose config disagrees with its weights
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus CapDec guarantees: CLIP (and, with `train_decoder=False`, the
+        decoder) is frozen again after loading, and a checkpoint whose config disagrees with its weights
         (missing, unexpected or differently shaped tensors) raises a `ValueError` that names them, instead of
-        silently re-initialising part of the model. Pass `ignore_mismatched_sizes=True` to only warn."""
+        silently re-initialising part of the model. Pass `ignore_mismatched_sizes=True` to only warn, or
+        `output_loading_info=True` to get `(model, loading_info)` and inspect them yourself (also a warning).
+        Tied weights (the decoder's head) are not expected in the file. A local folder without `config.json`
+        and an unreadable weights file raise an error naming the path."""
         output_loading_info = kwargs.pop("output_loading_info", False)
-        tolerate = kwargs.get("ignore_mismatched_sizes", False)
+        tolerate = kwargs.get("ignore_mismatched_sizes", False) or output_loading_info
+        if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
+            _check_local_folder(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
         kwargs["ignore_mismatched_sizes"] = True  # report mismatches ourselves, by name
-        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            _raise_if_unreadable_weights(pretrained_model_name_or_path, kwargs.get("subfolder", ""), error)
+            raise
         problems = _describe_loading_problems(loading_info)
         if problems:
             message = (
