@@ -472,14 +472,26 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         # transformers 5 returns an output object (features in pooler_output); older CLIP-likes a tensor.
         return output if isinstance(output, torch.Tensor) else output.pooler_output
 
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> ModelOutput:
+        """CLIP's image features (transformers 5's name): CLIP's own output object, whose `pooler_output`
+        `(batch, clip_projection_dim)` is the projected, not normalised, image embedding. Keyword arguments
+        (`output_hidden_states`, ...) go to CLIP."""
+        pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
+        return self.clip.get_image_features(pixel_values=pixel_values, **kwargs)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> ModelOutput:
+        """CLIP's text features (transformers 5's name) of CLIP-tokenised text (`processor.clip_tokenizer`, not
+        the decoder's tokens): CLIP's output object, whose `pooler_output` `(batch, clip_projection_dim)` is the
+        projected, not normalised, text embedding."""
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
     @torch.no_grad()
     def get_image_embeds(self, pixel_values: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
         """CLIP image embeddings `(batch, clip_projection_dim)`, L2-normalised (unless `normalize=False`,
         or the config's `normalize_prefix` is False)."""
-        pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
-        return self._maybe_normalize(
-            self._features(self.clip.get_image_features(pixel_values=pixel_values)), normalize
-        )
+        return self._maybe_normalize(self._features(self.get_image_features(pixel_values)), normalize)
 
     @torch.no_grad()
     def get_text_embeds(
@@ -490,7 +502,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """CLIP text embeddings `(batch, clip_projection_dim)` of CLIP-tokenised captions, L2-normalised
         (unless `normalize=False`, or the config's `normalize_prefix` is False)."""
-        features = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        features = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return self._maybe_normalize(self._features(features), normalize)
 
     def get_prefix_embeds(
@@ -734,6 +746,38 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         room = positions - input_length if positions else DEFAULT_MAX_NEW_TOKENS
         return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
 
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """transformers' preparation, plus one CapDec rule: the CLIP prefix exists only as embeddings, so every
+        step whose cache does not hold all of `inputs_embeds` yet feeds them, followed by the embeddings of the
+        tokens `input_ids` has beyond them (assisted decoding's candidates). transformers feeds `inputs_embeds`
+        only on a first iteration and ignores tokens past them, which loses the prefix for an assistant model."""
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is not None and past_length < inputs_embeds.shape[1]:
+            known = inputs_embeds.shape[1]
+            if input_ids is not None and input_ids.shape[1] > known:
+                extra = self.get_input_embeddings()(input_ids[:, known:]).to(inputs_embeds.dtype)
+                inputs_embeds = torch.cat([inputs_embeds, extra], dim=1)
+            next_sequence_length = inputs_embeds.shape[1] - past_length
+            is_first_iteration = True
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+
     @torch.no_grad()
     def generate(
         self,
@@ -807,6 +851,27 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 [prefix_positions, position_ids + prefix_length], dim=-1
             )
         self._fit_length_to_positions(inputs_embeds.shape[1], generate_kwargs)
+        if generate_kwargs.get("assistant_model") is not None:
+            # Assisted decoding sizes the assistant's cache and checks candidates by input_ids: give generate one
+            # placeholder id per prefix position (never embedded: prepare_inputs_for_generation feeds the prefix
+            # embeddings instead) and the prompt, so that input_ids and the cache have the same length.
+            placeholders = torch.full(
+                (batch, prefix_length),
+                self.generation_config.pad_token_id or 0,
+                dtype=torch.long,
+                device=prefix_embeds.device,
+            )
+            decoder_ids = torch.cat([placeholders, input_ids], dim=1) if has_prompt else placeholders
+            output = super().generate(
+                input_ids=decoder_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=decoder_mask,
+                **generate_kwargs,
+            )
+            if isinstance(output, torch.Tensor):
+                return output[:, prefix_length:]
+            output.sequences = output.sequences[:, prefix_length:]
+            return output
         # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
         output = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
         if not has_prompt:
