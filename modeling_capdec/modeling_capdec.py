@@ -23,7 +23,9 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_capdec import CapDecConfig
 
@@ -162,13 +164,41 @@ class CapDecMLPMapper(nn.Module):
         return self.model(clip_embeds).view(-1, self.prefix_length, self.hidden_size)
 
 
-class CapDecMapperAttention(nn.Module):
-    """Multi-head self-attention of the paper's mapper: bias-free queries and fused keys/values."""
+def _eager_mapper_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention over `(batch, heads, length, head_dim)`, returned as `(batch, length, heads,
+    head_dim)` like transformers' attention functions."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
-    def __init__(self, hidden_size: int, num_heads: int):
+
+class CapDecMapperAttention(nn.Module):
+    """Multi-head self-attention of the paper's mapper: bias-free queries and fused keys/values.
+
+    It runs through transformers' attention interface with the model's `attn_implementation` (SDPA by default,
+    the paper's computation), so `set_attn_implementation` switches the mapper along with CLIP and the decoder.
+    """
+
+    is_causal = False  # the mapper sees all positions
+
+    def __init__(self, config: CapDecConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
+        hidden_size = config.decoder_hidden_size
+        self.config = config  # read at each call: set_attn_implementation changes it
+        self.num_heads = config.num_mapping_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5  # the paper's scale
         self.to_queries = nn.Linear(hidden_size, hidden_size, bias=False)
         # One projection for keys and values; its output is laid out as (2, heads, head_dim).
         self.to_keys_values = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
@@ -179,11 +209,19 @@ class CapDecMapperAttention(nn.Module):
         queries = self.to_queries(hidden_states).view(batch, length, self.num_heads, self.head_dim)
         keys_values = self.to_keys_values(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim)
         keys, values = keys_values.unbind(dim=2)
-        # SDPA's default scale is head_dim ** -0.5, the paper's; no mask: the mapper sees all positions.
-        attended = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, _eager_mapper_attention
         )
-        return self.project(attended.transpose(1, 2).reshape(batch, length, width))
+        attended, _ = attention(
+            self,
+            queries.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            None,
+            scaling=self.scaling,
+            dropout=0.0,
+        )
+        return self.project(attended.reshape(batch, length, width))
 
 
 class CapDecMapperMLP(nn.Module):
@@ -199,10 +237,11 @@ class CapDecMapperMLP(nn.Module):
 class CapDecMapperLayer(nn.Module):
     """A pre-LayerNorm transformer block (no dropout, as in the paper's mapper)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, config: CapDecConfig):
         super().__init__()
+        hidden_size, mlp_ratio = config.decoder_hidden_size, config.mapping_mlp_ratio
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = CapDecMapperAttention(hidden_size, num_heads)
+        self.attn = CapDecMapperAttention(config)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = CapDecMapperMLP(hidden_size, int(hidden_size * mlp_ratio))
 
@@ -212,11 +251,9 @@ class CapDecMapperLayer(nn.Module):
 
 
 class CapDecMapperTransformer(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, mlp_ratio: float):
+    def __init__(self, config: CapDecConfig):
         super().__init__()
-        self.layers = nn.ModuleList(
-            [CapDecMapperLayer(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)]
-        )
+        self.layers = nn.ModuleList([CapDecMapperLayer(config) for _ in range(config.num_mapping_layers)])
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -243,9 +280,7 @@ class CapDecTransformerMapper(nn.Module):
         self.hidden_size = hidden_size
         self.linear = nn.Linear(config.clip_projection_dim, config.clip_length * hidden_size)
         self.prefix_const = nn.Parameter(torch.randn(config.prefix_length, hidden_size))
-        self.transformer = CapDecMapperTransformer(
-            hidden_size, config.num_mapping_heads, config.num_mapping_layers, config.mapping_mlp_ratio
-        )
+        self.transformer = CapDecMapperTransformer(config)
 
     def forward(self, clip_embeds: torch.Tensor) -> torch.Tensor:
         clip_tokens = self.linear(clip_embeds).view(-1, self.clip_length, self.hidden_size)
@@ -320,10 +355,11 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         # Keep one source of truth for the part configs (as VisionEncoderDecoderModel does).
         self.config.clip_config = self.clip.config
         self.config.text_config = self.decoder.config
+        # self.config (not the argument): the mapper reads its attention implementation from the model's config.
         if config.mapping_type == "mlp":
-            self.clip_project = CapDecMLPMapper(config)
+            self.clip_project = CapDecMLPMapper(self.config)
         else:
-            self.clip_project = CapDecTransformerMapper(config)
+            self.clip_project = CapDecTransformerMapper(self.config)
         # Our labels are already aligned with the prefix: every label != -100 is a prediction target. With
         # the "ForConditionalGeneration" loss type Trainer would count over labels[..., 1:] and over-scale.
         self.loss_type = None
@@ -547,6 +583,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         return self.clip_project(clip_embeds.to(device=mapper_weight.device, dtype=mapper_weight.dtype))
 
     # -- forward ---------------------------------------------------------------------------------------
+    # `past_key_values` (the name most code still uses) is renamed to `cache` with a warning, as in every
+    # transformers 5 model: left in **kwargs it would reach the decoder beside `cache=None` and be ignored.
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -596,13 +635,6 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        past_key_values = kwargs.pop("past_key_values", None)
-        if past_key_values is not None:
-            if cache is not None and cache is not past_key_values:
-                raise ValueError(
-                    "Pass the decoder cache once, as `cache` (or its older name `past_key_values`)."
-                )
-            cache = past_key_values
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         if shift_labels is not None:
