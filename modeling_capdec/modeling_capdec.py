@@ -300,7 +300,8 @@ class CapDecPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # Static cache and torch.compile work: the prefix is a fixed-length input and no forward branches on data.
+    _can_compile_fullgraph = True
     _no_split_modules = ["CapDecMapperLayer"]
 
     @torch.no_grad()
