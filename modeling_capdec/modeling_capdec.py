@@ -304,6 +304,16 @@ class CapDecPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
     _no_split_modules = ["CapDecMapperLayer"]
 
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, although CapDec lives outside transformers: for custom code, `initialize_weights` assumes an init
+        that writes tensors directly and skips every module whose own parameters look initialised, including the
+        modules that have none (CLIPAttention, CLIPModel's blocks, GPT2Attention). Their sub-models' inits set their
+        children's weights (CLIP's q/k/v scale, GPT-2's scaled c_proj), so with weights missing from a checkpoint
+        (or dropped by `ignore_mismatched_sizes`) those tensors would get a generic init unlike a fresh model's.
+        CapDec's own `_init_weights` uses `transformers.initialization`, which is what the library's path expects."""
+        return False
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         # The paper's mapper keeps PyTorch's defaults: kaiming-uniform Linear weights, N(0, 1) prefix_const.
@@ -317,6 +327,13 @@ class CapDecPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, CapDecTransformerMapper):
             init.normal_(module.prefix_const, mean=0.0, std=1.0)
+        elif isinstance(module, CapDecForConditionalGeneration):
+            # CLIP sets logit_scale in its __init__, not in its _init_weights: when a checkpoint lacks it, give it
+            # the value a fresh model has rather than uninitialised memory (skipped when it was loaded).
+            logit_scale = getattr(module.clip, "logit_scale", None)
+            init_value = getattr(module.clip.config, "logit_scale_init_value", None)
+            if isinstance(logit_scale, nn.Parameter) and init_value is not None:
+                init.constant_(logit_scale, init_value)
 
 
 class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
