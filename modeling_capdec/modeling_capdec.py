@@ -846,7 +846,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         prompt (`input_ids`, `attention_mask`, left-padded) the prompt continues after the prefix and its
         tokens are returned in front of the new ones, as for any decoder-only model; so are the `sequences` of
         `return_dict_in_generate=True` (whose `scores`/`logits` cover the new tokens). To continue a caption,
-        pass its `sequences` as `input_ids` with the returned `past_key_values` and the same CLIP input.
+        pass its `sequences` as `input_ids` with the returned `cache` and the same CLIP input.
         `position_ids`, if given, count from the first prompt token (the prefix is placed before them).
 
         Example:
@@ -870,7 +870,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 "generate builds inputs_embeds itself from the CLIP input; pass one or the other."
             )
         generate_kwargs.pop("token_type_ids", None)
-        # `cache` is the v5 name; `past_key_values` (what generate returns) is accepted as well.
+        # `cache` is the v5 name; `past_key_values`, the older one, is accepted as well.
         if "past_key_values" in generate_kwargs:
             generate_kwargs["cache"] = generate_kwargs.pop("past_key_values")
         self._check_generate_arguments(pixel_values, clip_input_ids, clip_embeds, generate_kwargs)

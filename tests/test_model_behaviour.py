@@ -93,14 +93,15 @@ def test_return_dict_in_generate_sequences_equal_the_tensor_return(model, proces
         assert torch.equal(chosen, output.sequences[:, -4:])
 
 
-def test_generate_continued_from_its_own_cache_equals_one_long_generate(model, pixel_values):
+@pytest.mark.parametrize("cache_name", ["cache", "past_key_values"])
+def test_generate_continued_from_its_own_cache_equals_one_long_generate(model, pixel_values, cache_name):
     kwargs = {"pixel_values": pixel_values[:1]}
     full = model.generate(**kwargs, max_new_tokens=6, min_new_tokens=6)
     first = model.generate(**kwargs, max_new_tokens=3, min_new_tokens=3, return_dict_in_generate=True)
     continued = model.generate(
         **kwargs,
         input_ids=first.sequences,
-        past_key_values=first.past_key_values,
+        **{cache_name: first.cache},
         max_new_tokens=3,
         min_new_tokens=3,
     )

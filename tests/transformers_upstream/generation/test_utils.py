@@ -90,7 +90,7 @@ class GenerationTesterMixin:
                 ],
                 dim=1,
             ),
-            past_key_values=first.past_key_values,
+            cache=first.cache,
             max_new_tokens=3,
             min_new_tokens=3,
         )
