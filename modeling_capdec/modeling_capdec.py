@@ -618,7 +618,6 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        shift_labels: torch.LongTensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CapDecOutput | tuple:
@@ -631,7 +630,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 the call is a plain decoder step (as in generation after the first step).
             labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
                 caption tokens only, never the prefix.
-            shift_labels (`(batch, seq_len)`): transformers' name for targets already aligned with the logits
+            shift_labels (in `kwargs`, `(batch, seq_len)`): transformers' name for targets already aligned with the logits
                 (`logits[:, i]` predicts `shift_labels[:, i]`). CapDec's `labels` are aligned that way already
                 (the prefix's last position predicts caption token 0), so `shift_labels` is used as `labels`
                 and wins when both are given, as in transformers' causal-LM loss.
@@ -653,6 +652,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        # Taken from kwargs, as transformers' models do: Trainer infers label_names from forward's parameters
+        # and would then expect a shift_labels column in every batch.
+        shift_labels = kwargs.pop("shift_labels", None)
         if return_dict is None:
             return_dict = getattr(self.config, "return_dict", True)
         if shift_labels is not None:

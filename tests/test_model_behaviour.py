@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
+from transformers.utils.generic import find_labels
 
 from modeling_capdec import CapDecForConditionalGeneration
 from tests.tiny_models import tiny_model
@@ -170,6 +171,8 @@ def test_shift_labels_are_the_loss_targets(model, pixel_values):
         # As in transformers' causal-LM loss, shift_labels win over labels.
         both = model(pixel_values=pixel_values[:1], input_ids=ids, labels=ids, shift_labels=other).loss
     assert torch.equal(by_shift, by_labels) and torch.equal(both, by_labels)
+    # shift_labels is a keyword, not a parameter: Trainer infers its label columns from forward's parameters.
+    assert find_labels(CapDecForConditionalGeneration) == ["labels"]
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(processor, pixel_values):
