@@ -630,10 +630,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 the call is a plain decoder step (as in generation after the first step).
             labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
                 caption tokens only, never the prefix.
-            shift_labels (in `kwargs`, `(batch, seq_len)`): transformers' name for targets already aligned with the logits
-                (`logits[:, i]` predicts `shift_labels[:, i]`). CapDec's `labels` are aligned that way already
-                (the prefix's last position predicts caption token 0), so `shift_labels` is used as `labels`
-                and wins when both are given, as in transformers' causal-LM loss.
+            shift_labels (in `kwargs`, `(batch, seq_len)`): transformers' name for targets already aligned
+                with the logits (`logits[:, i]` predicts `shift_labels[:, i]`). CapDec's `labels` are aligned that
+                way already (the prefix's last position predicts caption token 0), so `shift_labels` is used as
+                `labels` and wins when both are given, as in transformers' causal-LM loss.
             cache (`Cache`): the decoder's key/value cache; `past_key_values` is accepted as its older name.
             position_ids (`(batch, seq_len)`): with a CLIP input, positions of the caption tokens counted from
                 the first caption token (e.g. `attention_mask.cumsum(-1) - 1` for a left-padded batch): the
