@@ -124,6 +124,21 @@ class GenerationTesterMixin:
         static = self._generate(model, inputs, cache_implementation="static")
         self.assertTrue(torch.equal(static, dynamic))
 
+    def test_generate_compile_model_forward_fullgraph(self):
+        # _can_compile_fullgraph: decoding steps trace into one graph with a static cache (no graph break). The
+        # eager backend keeps it quick on CPU; transformers compiles on accelerators only unless told otherwise.
+        from transformers import CompileConfig
+
+        model, inputs = self._model_and_inputs()
+        expected = self._generate(model, inputs, cache_implementation="static")
+        compile_config = CompileConfig(fullgraph=True, dynamic=False, backend="eager")
+        compile_config._compile_all_devices = True
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        compiled = self._generate(model, inputs, cache_implementation="static", compile_config=compile_config)
+        self.assertTrue(torch.equal(compiled, expected))
+        self.assertGreater(torch._dynamo.utils.counters["frames"]["ok"], 0)  # it did compile
+
     def test_left_padding_compatibility(self):
         # A row scores and generates the same whether or not the batch left-pads it.
         model, inputs = self._model_and_inputs()
