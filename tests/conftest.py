@@ -64,6 +64,7 @@ def pytest_configure(config):
     # Marks used by transformers' vendored test mixins (tests/transformers_upstream), registered as transformers'
     # own conftest does, so that pytest does not warn about unknown marks.
     for mark in (
+        "slow",
         "accelerate_tests",
         "flash_attn_test",
         "flash_attn_3_test",
