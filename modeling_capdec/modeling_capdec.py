@@ -7,10 +7,12 @@ The module layout mirrors the paper's code so its checkpoints map one-to-one:
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoModel,
@@ -21,7 +23,9 @@ from transformers import (
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_capdec import CapDecConfig
 
@@ -112,6 +116,36 @@ def _describe_loading_problems(loading_info: dict) -> list[str]:
     return problems
 
 
+def _check_local_folder(path, subfolder: str) -> None:
+    """A local folder without config.json would otherwise load as a default-sized CapDec (transformers falls back
+    to the class defaults) and fail with a weight/shape mismatch that hides the real problem."""
+    folder = os.path.join(str(path), subfolder) if subfolder else str(path)
+    if os.path.isdir(folder) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise OSError(
+            f"{folder} has no {CONFIG_NAME}: a saved CapDec folder needs it to know the model's sizes "
+            "(save with model.save_pretrained, which writes it)."
+        )
+
+
+def _raise_if_unreadable_weights(path, subfolder: str, error: Exception) -> None:
+    """A truncated or garbage safetensors file fails deep in the safetensors reader with a message that does not
+    say which file; name it."""
+    if path is None:
+        return
+    folder = os.path.join(str(path), subfolder) if subfolder else str(path)
+    weights = os.path.join(folder, SAFE_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        return
+    try:
+        with safe_open(weights, framework="pt") as reader:
+            for key in reader.keys():
+                reader.get_slice(key)
+    except Exception as read_error:
+        raise OSError(
+            f"Cannot read the weights file {weights}: {read_error}. Is it truncated or corrupted?"
+        ) from error
+
+
 class CapDecMLPMapper(nn.Module):
     """ClipCap/CapDec MLP mapping: Linear(d, h*p/2) -> Tanh -> Linear(h*p/2, h*p), reshaped to p vectors."""
 
@@ -130,13 +164,41 @@ class CapDecMLPMapper(nn.Module):
         return self.model(clip_embeds).view(-1, self.prefix_length, self.hidden_size)
 
 
-class CapDecMapperAttention(nn.Module):
-    """Multi-head self-attention of the paper's mapper: bias-free queries and fused keys/values."""
+def _eager_mapper_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention over `(batch, heads, length, head_dim)`, returned as `(batch, length, heads,
+    head_dim)` like transformers' attention functions."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
-    def __init__(self, hidden_size: int, num_heads: int):
+
+class CapDecMapperAttention(nn.Module):
+    """Multi-head self-attention of the paper's mapper: bias-free queries and fused keys/values.
+
+    It runs through transformers' attention interface with the model's `attn_implementation` (SDPA by default,
+    the paper's computation), so `set_attn_implementation` switches the mapper along with CLIP and the decoder.
+    """
+
+    is_causal = False  # the mapper sees all positions
+
+    def __init__(self, config: CapDecConfig):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
+        hidden_size = config.decoder_hidden_size
+        self.config = config  # read at each call: set_attn_implementation changes it
+        self.num_heads = config.num_mapping_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5  # the paper's scale
         self.to_queries = nn.Linear(hidden_size, hidden_size, bias=False)
         # One projection for keys and values; its output is laid out as (2, heads, head_dim).
         self.to_keys_values = nn.Linear(hidden_size, 2 * hidden_size, bias=False)
@@ -147,11 +209,19 @@ class CapDecMapperAttention(nn.Module):
         queries = self.to_queries(hidden_states).view(batch, length, self.num_heads, self.head_dim)
         keys_values = self.to_keys_values(hidden_states).view(batch, length, 2, self.num_heads, self.head_dim)
         keys, values = keys_values.unbind(dim=2)
-        # SDPA's default scale is head_dim ** -0.5, the paper's; no mask: the mapper sees all positions.
-        attended = F.scaled_dot_product_attention(
-            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, _eager_mapper_attention
         )
-        return self.project(attended.transpose(1, 2).reshape(batch, length, width))
+        attended, _ = attention(
+            self,
+            queries.transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            None,
+            scaling=self.scaling,
+            dropout=0.0,
+        )
+        return self.project(attended.reshape(batch, length, width))
 
 
 class CapDecMapperMLP(nn.Module):
@@ -167,10 +237,11 @@ class CapDecMapperMLP(nn.Module):
 class CapDecMapperLayer(nn.Module):
     """A pre-LayerNorm transformer block (no dropout, as in the paper's mapper)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float):
+    def __init__(self, config: CapDecConfig):
         super().__init__()
+        hidden_size, mlp_ratio = config.decoder_hidden_size, config.mapping_mlp_ratio
         self.norm1 = nn.LayerNorm(hidden_size)
-        self.attn = CapDecMapperAttention(hidden_size, num_heads)
+        self.attn = CapDecMapperAttention(config)
         self.norm2 = nn.LayerNorm(hidden_size)
         self.mlp = CapDecMapperMLP(hidden_size, int(hidden_size * mlp_ratio))
 
@@ -180,11 +251,9 @@ class CapDecMapperLayer(nn.Module):
 
 
 class CapDecMapperTransformer(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int, num_layers: int, mlp_ratio: float):
+    def __init__(self, config: CapDecConfig):
         super().__init__()
-        self.layers = nn.ModuleList(
-            [CapDecMapperLayer(hidden_size, num_heads, mlp_ratio) for _ in range(num_layers)]
-        )
+        self.layers = nn.ModuleList([CapDecMapperLayer(config) for _ in range(config.num_mapping_layers)])
         self.gradient_checkpointing = False
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -211,9 +280,7 @@ class CapDecTransformerMapper(nn.Module):
         self.hidden_size = hidden_size
         self.linear = nn.Linear(config.clip_projection_dim, config.clip_length * hidden_size)
         self.prefix_const = nn.Parameter(torch.randn(config.prefix_length, hidden_size))
-        self.transformer = CapDecMapperTransformer(
-            hidden_size, config.num_mapping_heads, config.num_mapping_layers, config.mapping_mlp_ratio
-        )
+        self.transformer = CapDecMapperTransformer(config)
 
     def forward(self, clip_embeds: torch.Tensor) -> torch.Tensor:
         clip_tokens = self.linear(clip_embeds).view(-1, self.clip_length, self.hidden_size)
@@ -233,8 +300,19 @@ class CapDecPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    # Static cache and torch.compile work: the prefix is a fixed-length input and no forward branches on data.
+    _can_compile_fullgraph = True
     _no_split_modules = ["CapDecMapperLayer"]
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, although CapDec lives outside transformers: for custom code, `initialize_weights` assumes an init
+        that writes tensors directly and skips every module whose own parameters look initialised, including the
+        modules that have none (CLIPAttention, CLIPModel's blocks, GPT2Attention). Their sub-models' inits set their
+        children's weights (CLIP's q/k/v scale, GPT-2's scaled c_proj), so with weights missing from a checkpoint
+        (or dropped by `ignore_mismatched_sizes`) those tensors would get a generic init unlike a fresh model's.
+        CapDec's own `_init_weights` uses `transformers.initialization`, which is what the library's path expects."""
+        return False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -249,6 +327,13 @@ class CapDecPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, CapDecTransformerMapper):
             init.normal_(module.prefix_const, mean=0.0, std=1.0)
+        elif isinstance(module, CapDecForConditionalGeneration):
+            # CLIP sets logit_scale in its __init__, not in its _init_weights: when a checkpoint lacks it, give it
+            # the value a fresh model has rather than uninitialised memory (skipped when it was loaded).
+            logit_scale = getattr(module.clip, "logit_scale", None)
+            init_value = getattr(module.clip.config, "logit_scale_init_value", None)
+            if isinstance(logit_scale, nn.Parameter) and init_value is not None:
+                init.constant_(logit_scale, init_value)
 
 
 class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
@@ -288,10 +373,11 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         # Keep one source of truth for the part configs (as VisionEncoderDecoderModel does).
         self.config.clip_config = self.clip.config
         self.config.text_config = self.decoder.config
+        # self.config (not the argument): the mapper reads its attention implementation from the model's config.
         if config.mapping_type == "mlp":
-            self.clip_project = CapDecMLPMapper(config)
+            self.clip_project = CapDecMLPMapper(self.config)
         else:
-            self.clip_project = CapDecTransformerMapper(config)
+            self.clip_project = CapDecTransformerMapper(self.config)
         # Our labels are already aligned with the prefix: every label != -100 is a prediction target. With
         # the "ForConditionalGeneration" loss type Trainer would count over labels[..., 1:] and over-scale.
         self.loss_type = None
@@ -317,15 +403,26 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, plus two CapDec guarantees: CLIP (and, with `train_decoder=False`,
-        the decoder) is frozen again after loading, and a checkpoint whose config disagrees with its weights
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, plus CapDec guarantees: CLIP (and, with `train_decoder=False`, the
+        decoder) is frozen again after loading, and a checkpoint whose config disagrees with its weights
         (missing, unexpected or differently shaped tensors) raises a `ValueError` that names them, instead of
-        silently re-initialising part of the model. Pass `ignore_mismatched_sizes=True` to only warn."""
+        silently re-initialising part of the model. Pass `ignore_mismatched_sizes=True` to only warn, or
+        `output_loading_info=True` to get `(model, loading_info)` and inspect them yourself (also a warning).
+        Tied weights (the decoder's head) are not expected in the file. A local folder without `config.json`
+        and an unreadable weights file raise an error naming the path."""
         output_loading_info = kwargs.pop("output_loading_info", False)
-        tolerate = kwargs.get("ignore_mismatched_sizes", False)
+        tolerate = kwargs.get("ignore_mismatched_sizes", False) or output_loading_info
+        if pretrained_model_name_or_path is not None and kwargs.get("config") is None:
+            _check_local_folder(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
         kwargs["ignore_mismatched_sizes"] = True  # report mismatches ourselves, by name
-        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, loading_info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            _raise_if_unreadable_weights(pretrained_model_name_or_path, kwargs.get("subfolder", ""), error)
+            raise
         problems = _describe_loading_problems(loading_info)
         if problems:
             message = (
@@ -416,6 +513,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module | None:
         return self.decoder.get_output_embeddings()
 
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        # resize_token_embeddings swaps the decoder's head through this; the decoder re-ties it to its input.
+        self.decoder.set_output_embeddings(new_embeddings)
+
     def _maybe_normalize(self, embeds: torch.Tensor, normalize: bool | None) -> torch.Tensor:
         normalize = self.config.normalize_prefix if normalize is None else normalize
         return F.normalize(embeds, dim=-1) if normalize else embeds
@@ -425,14 +526,26 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         # transformers 5 returns an output object (features in pooler_output); older CLIP-likes a tensor.
         return output if isinstance(output, torch.Tensor) else output.pooler_output
 
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> ModelOutput:
+        """CLIP's image features (transformers 5's name): CLIP's own output object, whose `pooler_output`
+        `(batch, clip_projection_dim)` is the projected, not normalised, image embedding. Keyword arguments
+        (`output_hidden_states`, ...) go to CLIP."""
+        pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
+        return self.clip.get_image_features(pixel_values=pixel_values, **kwargs)
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> ModelOutput:
+        """CLIP's text features (transformers 5's name) of CLIP-tokenised text (`processor.clip_tokenizer`, not
+        the decoder's tokens): CLIP's output object, whose `pooler_output` `(batch, clip_projection_dim)` is the
+        projected, not normalised, text embedding."""
+        return self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
     @torch.no_grad()
     def get_image_embeds(self, pixel_values: torch.Tensor, normalize: bool | None = None) -> torch.Tensor:
         """CLIP image embeddings `(batch, clip_projection_dim)`, L2-normalised (unless `normalize=False`,
         or the config's `normalize_prefix` is False)."""
-        pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
-        return self._maybe_normalize(
-            self._features(self.clip.get_image_features(pixel_values=pixel_values)), normalize
-        )
+        return self._maybe_normalize(self._features(self.get_image_features(pixel_values)), normalize)
 
     @torch.no_grad()
     def get_text_embeds(
@@ -443,7 +556,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """CLIP text embeddings `(batch, clip_projection_dim)` of CLIP-tokenised captions, L2-normalised
         (unless `normalize=False`, or the config's `normalize_prefix` is False)."""
-        features = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+        features = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return self._maybe_normalize(self._features(features), normalize)
 
     def get_prefix_embeds(
@@ -488,6 +601,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         return self.clip_project(clip_embeds.to(device=mapper_weight.device, dtype=mapper_weight.dtype))
 
     # -- forward ---------------------------------------------------------------------------------------
+    # `past_key_values` (the name most code still uses) is renamed to `cache` with a warning, as in every
+    # transformers 5 model: left in **kwargs it would reach the decoder beside `cache=None` and be ignored.
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -502,8 +618,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> CapDecOutput:
+    ) -> CapDecOutput | tuple:
         r"""
         Args:
             input_ids (`(batch, seq_len)`): caption tokens in the decoder's vocabulary (without the prefix).
@@ -513,6 +630,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 the call is a plain decoder step (as in generation after the first step).
             labels (`(batch, seq_len)`): usually `input_ids` with padding set to -100. The loss covers these
                 caption tokens only, never the prefix.
+            shift_labels (in `kwargs`, `(batch, seq_len)`): transformers' name for targets already aligned
+                with the logits (`logits[:, i]` predicts `shift_labels[:, i]`). CapDec's `labels` are aligned that
+                way already (the prefix's last position predicts caption token 0), so `shift_labels` is used as
+                `labels` and wins when both are given, as in transformers' causal-LM loss.
+            cache (`Cache`): the decoder's key/value cache; `past_key_values` is accepted as its older name.
+            position_ids (`(batch, seq_len)`): with a CLIP input, positions of the caption tokens counted from
+                the first caption token (e.g. `attention_mask.cumsum(-1) - 1` for a left-padded batch): the
+                prefix takes positions `0 .. prefix_length - 1` and they are shifted past it. Without a CLIP
+                input, the decoder's own positions (the prefix included), as generation passes them.
+            return_dict (`bool`): False returns a tuple of the output's non-None fields.
             num_items_in_batch (in `kwargs`): passed by Trainer under gradient accumulation: the loss is then
                 the token sum divided by it.
 
@@ -525,7 +652,14 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        kwargs.pop("return_dict", None)  # outputs are always ModelOutput objects
+        # Taken from kwargs, as transformers' models do: Trainer infers label_names from forward's parameters
+        # and would then expect a shift_labels column in every batch.
+        shift_labels = kwargs.pop("shift_labels", None)
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        if shift_labels is not None:
+            labels = shift_labels
+        self._check_token_ids(input_ids)
         decoder_kwargs = {"cache": cache, "use_cache": use_cache, **kwargs}
         if all(x is None for x in (pixel_values, clip_input_ids, clip_embeds)):
             # A plain decoder step: generation after the prefix, or a caller that built inputs_embeds itself.
@@ -539,12 +673,13 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 logits_to_keep=logits_to_keep,
                 **decoder_kwargs,
             )
-            return CapDecOutput(
+            output = CapDecOutput(
                 logits=outputs.logits,
                 cache=outputs.get("cache"),
                 hidden_states=outputs.get("hidden_states"),
                 attentions=outputs.get("attentions"),
             )
+            return output if return_dict else output.to_tuple()
 
         prefix_embeds = self.get_prefix_embeds(
             pixel_values=pixel_values,
@@ -555,8 +690,15 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         decoder_embeds, decoder_mask = self._prepend_prefix(
             prefix_embeds, input_ids, inputs_embeds, attention_mask
         )
+        prefix_length = prefix_embeds.shape[1]
+        if position_ids is not None:
+            # Caption positions count from the first caption token; the prefix comes first.
+            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(
+                position_ids.shape[0], -1
+            )
+            position_ids = torch.cat([prefix_positions, position_ids + prefix_length], dim=-1)
         if labels is not None:
-            seq_len = decoder_embeds.shape[1] - prefix_embeds.shape[1]
+            seq_len = decoder_embeds.shape[1] - prefix_length
             if labels.shape != (decoder_embeds.shape[0], seq_len):
                 raise ValueError(
                     f"labels must have the caption's shape {(decoder_embeds.shape[0], seq_len)}, got "
@@ -568,6 +710,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         outputs = self.decoder(
             inputs_embeds=decoder_embeds,
             attention_mask=decoder_mask,
+            position_ids=position_ids,
             logits_to_keep=logits_to_keep,
             **decoder_kwargs,
         )
@@ -575,7 +718,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         if labels is not None:
             logits = logits[:, :-1]
             loss = self._caption_loss(logits, labels, num_items_in_batch)
-        return CapDecOutput(
+        output = CapDecOutput(
             loss=loss,
             logits=logits,
             cache=outputs.get("cache"),
@@ -583,6 +726,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             hidden_states=outputs.get("hidden_states"),
             attentions=outputs.get("attentions"),
         )
+        return output if return_dict else output.to_tuple()
+
+    def _check_token_ids(self, input_ids: torch.Tensor | None) -> None:
+        """A token id past the decoder's embedding table fails deep inside an embedding lookup (or, on GPU, as
+        a device-side assert): name the problem here instead, typically a tokenizer grown without
+        `resize_token_embeddings`."""
+        if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+            return  # (reading the largest id would break a compiled graph)
+        vocab_size = self.get_input_embeddings().num_embeddings
+        largest, smallest = int(input_ids.max()), int(input_ids.min())
+        if largest >= vocab_size or smallest < 0:
+            bad = largest if largest >= vocab_size else smallest
+            raise ValueError(
+                f"input_ids hold token id {bad}, outside the decoder's vocabulary of {vocab_size} tokens "
+                "(0 .. {last}). If tokens were added to the tokenizer, call "
+                "model.resize_token_embeddings(len(tokenizer)).".format(last=vocab_size - 1)
+            )
 
     def _prepend_prefix(
         self,
@@ -634,12 +794,41 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         config = self.generation_config
         if config.max_new_tokens is not None or config.max_length != GenerationConfig().max_length:
             return None
-        text_config = self.config.text_config.get_text_config()
-        positions = getattr(text_config, "max_position_embeddings", None) or getattr(
-            text_config, "n_positions", None
-        )
+        positions = self._decoder_positions()
         room = positions - input_length if positions else DEFAULT_MAX_NEW_TOKENS
         return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs,
+    ) -> dict:
+        """transformers' preparation, plus one CapDec rule: the CLIP prefix exists only as embeddings, so every
+        step whose cache does not hold all of `inputs_embeds` yet feeds them, followed by the embeddings of the
+        tokens `input_ids` has beyond them (assisted decoding's candidates). transformers feeds `inputs_embeds`
+        only on a first iteration and ignores tokens past them, which loses the prefix for an assistant model."""
+        past_length = cache.get_seq_length() if cache is not None else 0
+        if inputs_embeds is not None and past_length < inputs_embeds.shape[1]:
+            known = inputs_embeds.shape[1]
+            if input_ids is not None and input_ids.shape[1] > known:
+                extra = self.get_input_embeddings()(input_ids[:, known:]).to(inputs_embeds.dtype)
+                inputs_embeds = torch.cat([inputs_embeds, extra], dim=1)
+            next_sequence_length = inputs_embeds.shape[1] - past_length
+            is_first_iteration = True
+        return super().prepare_inputs_for_generation(
+            input_ids,
+            next_sequence_length=next_sequence_length,
+            cache=cache,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
 
     @torch.no_grad()
     def generate(
@@ -651,13 +840,16 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         clip_attention_mask: torch.Tensor | None = None,
         clip_embeds: torch.FloatTensor | None = None,
         **generate_kwargs,
-    ) -> torch.LongTensor:
+    ) -> torch.LongTensor | ModelOutput:
         """Caption a batch from images (or CLIP text / precomputed embeddings), with any decoding strategy
-        of `GenerationMixin.generate` (greedy, beam search, sampling; the KV cache is always used).
+        of `GenerationMixin.generate` (greedy, beam search, sampling, assisted; the KV cache is always used).
 
         Returns `(batch, new_tokens)` caption token ids, padded with the pad (= eos) token. With a text
         prompt (`input_ids`, `attention_mask`, left-padded) the prompt continues after the prefix and its
-        tokens are returned in front of the new ones, as for any decoder-only model.
+        tokens are returned in front of the new ones, as for any decoder-only model; so are the `sequences` of
+        `return_dict_in_generate=True` (whose `scores`/`logits` cover the new tokens). To continue a caption,
+        pass its `sequences` as `input_ids` with the returned `cache` and the same CLIP input.
+        `position_ids`, if given, count from the first prompt token (the prefix is placed before them).
 
         Example:
 
@@ -667,12 +859,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         >>> processor.batch_decode(ids)
         ```
         """
-        for key in ("inputs_embeds", "prefix_embeds"):
-            if key in generate_kwargs:
-                raise ValueError(
-                    f"generate builds {key} itself; pass pixel_values, clip_input_ids or clip_embeds."
-                )
+        if "prefix_embeds" in generate_kwargs:
+            raise ValueError(
+                "generate builds prefix_embeds itself; pass pixel_values, clip_input_ids or clip_embeds."
+            )
+        has_clip_input = any(x is not None for x in (pixel_values, clip_input_ids, clip_embeds))
+        if "inputs_embeds" in generate_kwargs and not has_clip_input:
+            # Decoder inputs built by the caller, prefix included: what assisted decoding passes its assistant.
+            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **generate_kwargs)
+        if "inputs_embeds" in generate_kwargs:
+            raise ValueError(
+                "generate builds inputs_embeds itself from the CLIP input; pass one or the other."
+            )
         generate_kwargs.pop("token_type_ids", None)
+        # `cache` is the v5 name; `past_key_values`, the older one, is accepted as well.
+        if "past_key_values" in generate_kwargs:
+            generate_kwargs["cache"] = generate_kwargs.pop("past_key_values")
+        self._check_generate_arguments(pixel_values, clip_input_ids, clip_embeds, generate_kwargs)
         prefix_embeds = self.get_prefix_embeds(
             pixel_values=pixel_values,
             clip_input_ids=clip_input_ids,
@@ -684,24 +887,112 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         decoder_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=prefix_embeds.device)
         has_prompt = input_ids is not None and input_ids.shape[-1] > 0
         if has_prompt:
+            self._check_token_ids(input_ids)
             input_ids = input_ids.to(prefix_embeds.device)
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             prompt_embeds = self.get_input_embeddings()(input_ids).to(prefix_embeds.dtype)
             inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
             decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
+        position_ids = generate_kwargs.pop("position_ids", None)
+        if position_ids is not None:
+            # generate drives the decoder from inputs_embeds (prefix + prompt): give it decoder positions.
+            position_ids = position_ids.to(prefix_embeds.device)
+            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(batch, -1)
+            generate_kwargs["position_ids"] = torch.cat(
+                [prefix_positions, position_ids + prefix_length], dim=-1
+            )
+        self._fit_length_to_positions(inputs_embeds.shape[1], generate_kwargs)
+        if generate_kwargs.get("assistant_model") is not None:
+            # Assisted decoding sizes the assistant's cache and checks candidates by input_ids: give generate one
+            # placeholder id per prefix position (never embedded: prepare_inputs_for_generation feeds the prefix
+            # embeddings instead) and the prompt, so that input_ids and the cache have the same length.
+            placeholders = torch.full(
+                (batch, prefix_length),
+                self.generation_config.pad_token_id or 0,
+                dtype=torch.long,
+                device=prefix_embeds.device,
+            )
+            decoder_ids = torch.cat([placeholders, input_ids], dim=1) if has_prompt else placeholders
+            output = super().generate(
+                input_ids=decoder_ids,
+                inputs_embeds=inputs_embeds,
+                attention_mask=decoder_mask,
+                **generate_kwargs,
+            )
+            if isinstance(output, torch.Tensor):
+                return output[:, prefix_length:]
+            output.sequences = output.sequences[:, prefix_length:]
+            return output
+        # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
+        output = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
+        if not has_prompt:
+            return output
+        new_tokens = output if isinstance(output, torch.Tensor) else output.sequences
+        repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
+        sequences = torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
+
+    def _check_generate_arguments(
+        self,
+        pixel_values: torch.Tensor | None,
+        clip_input_ids: torch.Tensor | None,
+        clip_embeds: torch.Tensor | None,
+        generate_kwargs: dict,
+    ) -> None:
+        """Errors that would otherwise surface deep inside transformers with an unrelated message."""
+        for name, value in (
+            ("pixel_values", pixel_values),
+            ("clip_input_ids", clip_input_ids),
+            ("clip_embeds", clip_embeds),
+        ):
+            if value is not None and value.shape[0] == 0:
+                raise ValueError(
+                    f"generate got an empty batch ({name} of shape {tuple(value.shape)}): nothing to caption."
+                )
+        config = generate_kwargs.get("generation_config")
+        num_beams = generate_kwargs.get("num_beams", getattr(config, "num_beams", None))
+        if num_beams is not None and num_beams < 1:
+            raise ValueError(
+                f"num_beams must be a positive integer (1 for greedy or sampling), got {num_beams}."
+            )
+
+    def _decoder_positions(self) -> int | None:
+        text_config = self.config.text_config.get_text_config()
+        return getattr(text_config, "max_position_embeddings", None) or getattr(
+            text_config, "n_positions", None
+        )
+
+    def _fit_length_to_positions(self, input_length: int, generate_kwargs: dict) -> None:
+        """Choose the caption length when nothing sets one, and keep every length within the decoder's positions:
+        past them a learned position table (GPT-2) fails with an IndexError mid-generation, so a longer request
+        is cut to what fits, with a warning naming the numbers."""
         if not any(key in generate_kwargs for key in ("max_new_tokens", "max_length", "generation_config")):
-            default = self._default_max_new_tokens(inputs_embeds.shape[1])
+            default = self._default_max_new_tokens(input_length)
             if default is not None:
                 generate_kwargs["max_new_tokens"] = default
-        # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
-        new_tokens = super().generate(
-            inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs
-        )
-        if has_prompt and isinstance(new_tokens, torch.Tensor):
-            repeat = new_tokens.shape[0] // input_ids.shape[0]  # num_return_sequences
-            return torch.cat([input_ids.repeat_interleave(repeat, dim=0), new_tokens], dim=1)
-        return new_tokens
+        positions = self._decoder_positions()
+        if not positions:
+            return
+        config = generate_kwargs.get("generation_config", self.generation_config)
+        # A continued generation counts its earlier tokens in input_length (they are in the prompt).
+        room = positions - input_length
+        if room < 1:
+            raise ValueError(
+                f"The prefix and prompt take {input_length} positions, but the decoder has only {positions}: "
+                "shorten the prompt."
+            )
+        max_new_tokens = generate_kwargs.get("max_new_tokens", getattr(config, "max_new_tokens", None))
+        if max_new_tokens is not None and max_new_tokens > room:
+            logger.warning(
+                f"max_new_tokens={max_new_tokens} does not fit the decoder's {positions} positions after "
+                f"{input_length} prefix and prompt positions: generating at most {room} new tokens."
+            )
+            generate_kwargs.pop("max_length", None)
+            generate_kwargs["max_new_tokens"] = room
 
 
 __all__ = ["CapDecForConditionalGeneration", "CapDecPreTrainedModel", "CapDecOutput"]

@@ -58,3 +58,17 @@ def image_files(tmp_path_factory, images) -> list[str]:
         image.save(path)
         paths.append(str(path))
     return paths
+
+
+def pytest_configure(config):
+    # Marks used by transformers' vendored test mixins (tests/transformers_upstream), registered as transformers'
+    # own conftest does, so that pytest does not warn about unknown marks.
+    for mark in (
+        "slow",
+        "accelerate_tests",
+        "flash_attn_test",
+        "flash_attn_3_test",
+        "flash_attn_4_test",
+        "torch_compile_test",
+    ):
+        config.addinivalue_line("markers", f"{mark}: transformers test mark")
