@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+UPSTREAM_TESTS := tests/transformers_upstream/.version
 
 .PHONY: demo demo-full test lint env
 
@@ -23,7 +24,11 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(PY) -m demo.run_demo --full $(ARGS)
 
-test: $(STAMP)
+# transformers' own generic test mixins are not in its wheel: fetched once from its source distribution.
+$(UPSTREAM_TESTS): $(STAMP)
+	$(PY) tests/transformers_upstream/fetch.py
+
+test: $(STAMP) $(UPSTREAM_TESTS)
 	$(PY) -m pytest -q $(ARGS)
 
 lint: $(STAMP)

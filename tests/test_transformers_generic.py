@@ -1,19 +1,22 @@
 """transformers' own model tests (ModelTesterMixin, ConfigTester) and the generation contracts run against a
 tiny CapDec.
 
-The upstream mixins are vendored in `tests/transformers_upstream/` (see its README): CI needs no network.
+The upstream mixins come from transformers' source distribution of the installed version: `make test` fetches
+them once into `tests/transformers_upstream/` (`fetch.py`; see its README), so tests run without network.
 Each test kept out below does not apply to a prefix captioner; its reason is on the line.
 """
 
 import unittest
+from pathlib import Path
 
-import pytest
 import torch
 
-# The vendored modules import `parameterized`, a test-only dependency of transformers (pip install parameterized).
-pytest.importorskip(
-    "parameterized", reason="transformers' test mixins need `parameterized` (pip install parameterized)"
-)
+UPSTREAM = Path(__file__).resolve().parent / "transformers_upstream"
+if not (UPSTREAM / "test_modeling_common.py").exists():
+    raise RuntimeError(
+        "transformers' test mixins are missing: run `make test` (or `python tests/transformers_upstream/fetch.py`), "
+        "which fetches them from the transformers source distribution."
+    )
 
 from modeling_capdec import CapDecConfig, CapDecForConditionalGeneration  # noqa: E402
 from tests.tiny_models import random_clip_config, tiny_gpt2_config  # noqa: E402
