@@ -25,7 +25,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import datasets
 import torch
+import transformers
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,7 +164,9 @@ class RunProgress:
 
     def __init__(self, name: str, position: int):
         self.name, self.last_tenth = name, -1
-        self.bar = tqdm(total=None, desc=name, position=position, unit="step") if sys.stderr.isatty() else None
+        self.bar = (
+            tqdm(total=None, desc=name, position=position, unit="step") if sys.stderr.isatty() else None
+        )
 
     def show(self, progress: tuple[int, int] | None) -> None:
         if progress is None:  # still loading the model and the data
@@ -185,26 +189,38 @@ class RunProgress:
             self.bar.close()
 
 
-
 # -- 4. captioning and scoring --------------------------------------------------------------------------------
-def caption_split(model_dir: Path, images: list, batch_size: int = 64) -> list[str]:
+def caption_splits(
+    model_dir: Path, images_by_split: dict[str, list], batch_size: int = 64
+) -> dict[str, list[str]]:
+    """One run's captions of every test split, through the Hub remote-code pipeline (loaded once per run)."""
     from transformers import pipeline
 
     captioner = pipeline("image-to-text", model=str(model_dir), trust_remote_code=True)
-    outputs = captioner(images, batch_size=batch_size, max_new_tokens=24)
-    return [output[0]["generated_text"] for output in outputs]
+    return {
+        split: [
+            output[0]["generated_text"]
+            for output in captioner(images, batch_size=batch_size, max_new_tokens=24)
+        ]
+        for split, images in images_by_split.items()
+    }
 
 
 def nearest_caption_baseline(
     clip_dir: Path, corpus: list[str], images_by_split: dict[str, list]
 ) -> dict[str, list[str]]:
     """No decoder: for each image, the training caption whose CLIP text embedding is nearest to its embedding."""
-    from transformers import CLIPModel, CLIPProcessor
+    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     from demo.tiny_clip_model import embed_images, embed_texts
 
     model = CLIPModel.from_pretrained(clip_dir).eval()
-    processor = CLIPProcessor.from_pretrained(clip_dir)
+    # The PIL image processor by name: the default one asks for torchvision and warns when it falls back to PIL.
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
+    )
     unique = sorted(set(corpus))
     with torch.inference_mode():
         text_embeds = embed_texts(model, processor, unique)  # once for every split
@@ -319,7 +335,7 @@ def caption_and_score(
     """Stage 4: every run's captions of the test splits, the nearest-caption baseline's, and their scores."""
     predictions: dict[str, dict[str, list[str]]] = {}
     for name, model_dir in run_dirs.items():
-        predictions[name] = {split: caption_split(model_dir, images[split]) for split in SPLITS}
+        predictions[name] = caption_splits(model_dir, images)
     corpus = world["train_text"]["caption"][:]
     predictions["nearest caption"] = nearest_caption_baseline(clip, corpus, images)
     results = {
@@ -357,6 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     torch.set_num_threads(2)
+    # One progress line per phase (the stages' own): no per-file bars from datasets' saves or weight loading.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
     stage("1/5 shapes world")
     world = build_world(output_dir / "world", args.smoke, args.seed)
