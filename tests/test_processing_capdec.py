@@ -36,6 +36,9 @@ def test_every_mode_becomes_rgb(mode):
     image = _mode_images()[mode]
     converted = load_image(image)
     assert converted.mode == "RGB" and converted.size == (30, 20)
+    if mode not in ("RGBA", "I;16"):  # (those two have their own rules, below) PIL's own conversion is right
+        assert np.array_equal(np.asarray(converted), np.asarray(image.convert("RGB")))
+    assert converted.getpixel((5, 5)) != converted.getpixel((25, 5)) or mode == "1"  # the content survives
 
 
 def test_conversions_keep_the_content():
@@ -56,6 +59,15 @@ def test_files_bytes_arrays_and_modes_are_processed(processor, tmp_path):
         paths.append(str(path))
     batch = processor(images=paths + [np.zeros((10, 10, 3), dtype=np.uint8), open(paths[0], "rb").read()])
     assert batch["pixel_values"].shape == (len(paths) + 2, 3, 32, 32)
+    # A file, its bytes and the image in memory give the same pixels; a black array gives normalised black.
+    in_memory = processor(images=[load_image(Image.open(path)) for path in paths])["pixel_values"]
+    torch.testing.assert_close(batch["pixel_values"][: len(paths)], in_memory)
+    torch.testing.assert_close(batch["pixel_values"][-1], batch["pixel_values"][0])
+    image_processor = processor.image_processor
+    black = torch.tensor(
+        [(0 - m) / s for m, s in zip(image_processor.image_mean, image_processor.image_std, strict=True)]
+    )
+    torch.testing.assert_close(batch["pixel_values"][-2], black[:, None, None].expand(3, 32, 32))
 
 
 def test_bad_images_are_reported_by_index_and_source(tmp_path, images):
