@@ -27,6 +27,7 @@ from modeling_capdec.evaluation.eval_sets import load_eval_set
 from modeling_capdec.training.arguments import CapDecTrainingArguments, DataArguments, ModelArguments
 from modeling_capdec.training.collator import CapDecDataCollator
 from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
+from modeling_capdec.training.launch import warn_if_single_process_launch
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
@@ -44,6 +45,9 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, CapDecTrainingArguments)
 def main(argv: list[str] | None = None) -> CapDecTrainer:
     model_args, data_args, training_args = parse_recipe_and_args(ARGUMENT_CLASSES, argv, description=__doc__)
     setup_logging(training_args)
+    warn_if_single_process_launch(
+        training_args.world_size
+    )  # `accelerate launch --cpu --num_processes N` runs one
     check_run_arguments(data_args, training_args)
     resume_from_checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
