@@ -20,8 +20,27 @@ def test_the_warning_gives_the_command_that_works():
         "accelerate launch --multi_gpu --num_processes 3 train_capdec.py recipe.json --max_steps 5 --use_cpu"
     )
     assert single_process_launch_warning(3, launcher, ["train_capdec.py"]) is None  # it did start 3
-    assert single_process_launch_warning(1, "accelerate launch train_capdec.py".split(), []) is None
+    assert (
+        single_process_launch_warning(1, "accelerate launch --num_processes 1 train_capdec.py".split(), [])
+        is None
+    )
     assert requested_process_count(["accelerate", "launch", "--num_processes", "two"]) is None
+
+
+def test_the_process_count_may_come_from_the_accelerate_config(tmp_path):
+    config = tmp_path / "cpu.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\nuse_cpu: true\nnum_processes: 4\n")
+    launcher = ["accelerate", "launch", "--config_file", str(config), "train_capdec.py"]
+    assert requested_process_count(launcher) == 4
+    assert "asked for 4 processes but started 1" in single_process_launch_warning(
+        1, launcher, ["train_capdec.py"]
+    )
+    # The command line wins over the config; a config that cannot be read says nothing.
+    assert requested_process_count([*launcher[:2], "--num_processes", "1", *launcher[2:]]) == 1
+    assert (
+        requested_process_count(["accelerate", "launch", "--config_file", str(tmp_path / "none.yaml")])
+        is None
+    )
 
 
 def test_accelerate_launch_cpu_two_processes_warns(parts, tmp_path):

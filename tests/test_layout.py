@@ -168,6 +168,7 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
         "benchmarks.bench_embedding",
         "benchmarks.bench_memory",
         "benchmarks.bench_training",
+        "benchmarks.bench_lora",
     ],
 )
 def test_every_command_prints_its_help(module, monkeypatch, capsys):

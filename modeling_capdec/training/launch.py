@@ -15,8 +15,39 @@ from collections.abc import Sequence
 logger = logging.getLogger(__name__)
 
 
+def _flag_value(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    for index, argument in enumerate(argv):
+        for flag in names:
+            if argument == flag and index + 1 < len(argv):
+                return argv[index + 1]
+            if argument.startswith(flag + "="):
+                return argument.split("=", 1)[1]
+    return None
+
+
+def _config_file_process_count(launcher_argv: Sequence[str]) -> int | None:
+    """`num_processes` of the accelerate config the launch read: `--config_file`, else the default one."""
+    path = _flag_value(launcher_argv, ("--config_file", "--config-file"))
+    if path is None:
+        try:
+            from accelerate.commands.config.config_args import default_config_file
+        except ImportError:
+            return None
+        path = default_config_file
+    try:
+        import yaml
+
+        with open(path, encoding="utf-8") as file:
+            config = yaml.safe_load(file) or {}  # accelerate writes YAML (JSON is YAML too)
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    value = config.get("num_processes") if isinstance(config, dict) else None
+    return value if isinstance(value, int) else None
+
+
 def requested_process_count(launcher_argv: Sequence[str]) -> int | None:
-    """The `--num_processes` of an `accelerate launch` command line (None when it gives none).
+    """The processes an `accelerate launch` command line asks for: its `--num_processes`, else its accelerate
+    config's `num_processes` (`--config_file`, or the default config); None when neither says.
 
     Example:
 
@@ -27,16 +58,10 @@ def requested_process_count(launcher_argv: Sequence[str]) -> int | None:
     4
     ```
     """
-    for index, argument in enumerate(launcher_argv):
-        for flag in ("--num_processes", "--num-processes"):
-            if argument == flag and index + 1 < len(launcher_argv):
-                value = launcher_argv[index + 1]
-            elif argument.startswith(flag + "="):
-                value = argument.split("=", 1)[1]
-            else:
-                continue
-            return int(value) if value.isdigit() else None
-    return None
+    value = _flag_value(launcher_argv, ("--num_processes", "--num-processes"))
+    if value is None:
+        return _config_file_process_count(launcher_argv)
+    return int(value) if value.isdigit() else None
 
 
 def _parent_command_line() -> list[str]:
