@@ -31,7 +31,10 @@ def lora_arguments(parts, output_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def lora_run(parts, tmp_path_factory) -> SimpleNamespace:
     output_dir = tmp_path_factory.mktemp("lora") / "out"
-    trainer = main(lora_arguments(parts, output_dir, "--merge_lora", "--logging_steps", "1"))
+    trainer = main(
+        lora_arguments(parts, output_dir, "--merge_lora", "--logging_steps", "1")
+        + f"--eval_file {parts.eval} --eval_metrics BLEU --generation_max_length 8".split()
+    )
     return SimpleNamespace(trainer=trainer, output_dir=output_dir)
 
 
@@ -64,7 +67,10 @@ def test_adapter_names_its_base_folder_and_the_folder_loads(lora_run, image_file
         "processor_config.json",
     ):
         assert (out / name).is_file(), name
-    assert "LoRA" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "LoRA adapters (rank 4, alpha 8;" in card and f"names its base `{base_folder}`" in card
+    # The run's evaluation captioned through the adapter: its predictions are the loaded folder's captions.
+    assert "| BLEU-1 |" in card and (out / "eval_predictions.json").is_file()
     assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()
     loaded = AutoModelForImageTextToText.from_pretrained(out).eval()  # transformers: base + adapter
     processor = CapDecProcessor.from_pretrained(out)
