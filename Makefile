@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UPSTREAM_TESTS := tests/transformers_upstream/.version
 
-.PHONY: demo demo-full test lint env
+.PHONY: demo demo-full test lint env browser app
+# Root installs directly (CI); anyone else goes through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +30,17 @@ demo-full: $(STAMP)
 $(UPSTREAM_TESTS): $(STAMP)
 	$(PY) tests/transformers_upstream/fetch.py
 
-test: $(STAMP) $(UPSTREAM_TESTS)
+# The web demo's test drives a real headless browser: Debian's chromium and its driver, installed when missing.
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) $(UPSTREAM_TESTS) browser
 	$(PY) -m pytest -q $(ARGS)
+
+# The web demo on the model `make demo` trained (ARGS="--model DIR" for another).
+app: $(STAMP)
+	$(PY) -m demo.app $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -10,10 +10,15 @@
     # several GPUs, and resuming
     accelerate launch --num_processes 8 train_capdec.py configuration/coco_text_only.json
     capdec-train configuration/coco_text_only.json --resume_from_checkpoint last
+    # LoRA adapters in the decoder (pip install "capdec[lora]"), and a merged plain folder in out/merged
+    capdec-train configuration/coco_text_only.json --lora_r 16 --merge_lora --output_dir out
 
 The output folder is Hub-ready: weights, config and code (loads with `trust_remote_code` where this package is
 not installed), the processor, and a README.md model card filled from `model_card.md`.
 """
+
+import shutil
+from pathlib import Path
 
 from transformers import set_seed
 
@@ -22,6 +27,7 @@ from modeling_capdec.evaluation.eval_sets import load_eval_set
 from modeling_capdec.training.arguments import CapDecTrainingArguments, DataArguments, ModelArguments
 from modeling_capdec.training.collator import CapDecDataCollator
 from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
+from modeling_capdec.training.launch import warn_if_single_process_launch
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
@@ -39,6 +45,9 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, CapDecTrainingArguments)
 def main(argv: list[str] | None = None) -> CapDecTrainer:
     model_args, data_args, training_args = parse_recipe_and_args(ARGUMENT_CLASSES, argv, description=__doc__)
     setup_logging(training_args)
+    warn_if_single_process_launch(
+        training_args.world_size
+    )  # `accelerate launch --cpu --num_processes N` runs one
     check_run_arguments(data_args, training_args)
     resume_from_checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
@@ -89,6 +98,15 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         # At any log level: what cleaning dropped, truncated or found repeated is never silent.
         print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
 
+    if (
+        model_args.lora_r
+    ):  # LoRA: adapters in the decoder; the adapter names the folder of the model it adapts
+        from modeling_capdec.training.lora import lora_from_arguments
+
+        model = lora_from_arguments(
+            model, processor, model_args, training_args.output_dir, save=training_args.should_save
+        )
+
     # 3. Train (or continue from a checkpoint), save the Hub-ready folder, evaluate, write the model card.
     trainer = CapDecTrainer(
         model=model,
@@ -101,6 +119,14 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     )
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     finish_run(trainer, result, model_args, data_args, cleaning, eval_set)
+    if model_args.merge_lora and training_args.should_save:
+        from modeling_capdec.training.lora import MERGED_FOLDER_NAME, merge_lora
+
+        merged_dir = Path(training_args.output_dir, MERGED_FOLDER_NAME)
+        merge_lora(trainer.model, processor, merged_dir)
+        shutil.copy(
+            Path(training_args.output_dir, "README.md"), merged_dir / "README.md"
+        )  # the run's model card
     return trainer
 
 

@@ -118,6 +118,19 @@ def test_checkout_scripts_print_their_help(script):
     assert f"usage: {script} [RECIPE" in result.stdout
 
 
+def test_installed_app_command_prints_its_help(installed, tmp_path):
+    result = subprocess.run(
+        [str(installed / "bin" / "capdec-app"), "--help"],
+        cwd=tmp_path,  # outside the checkout: only the installed copy can be imported
+        env={**os.environ, "PYTHONPATH": str(installed)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("usage: capdec-app") and "--model" in result.stdout
+
+
 def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installed, tmp_path):
     result = _run(
         """
@@ -150,10 +163,12 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
         "demo.run_demo",
         "demo.shapes_world",
         "demo.train_tiny_clip",
+        "demo.app",
         "benchmarks.bench_captioning",
         "benchmarks.bench_embedding",
         "benchmarks.bench_memory",
         "benchmarks.bench_training",
+        "benchmarks.bench_lora",
     ],
 )
 def test_every_command_prints_its_help(module, monkeypatch, capsys):

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -118,7 +119,19 @@ def test_eval_metrics_are_logged(run):
 
 def test_saved_folder_has_a_filled_model_card_and_captions(run, image_files):
     card = (run.output_dir / "README.md").read_text()
-    assert card.startswith("---\nlibrary_name: transformers") and "$" not in card
+    assert card.startswith("---\n") and "$" not in card and "{{" not in card
+    metadata = ModelCard(card).data  # the front matter, read as the Hub reads it
+    assert (metadata.library_name, metadata.pipeline_tag, metadata.license) == (
+        "transformers",
+        "image-to-text",
+        "mit",
+    )
+    assert metadata.model_name == "out" and {r.metric_type for r in metadata.eval_results} >= {
+        "bleu-1",
+        "cider",
+    }
+    cider = next(r.metric_value for r in metadata.eval_results if r.metric_type == "cider")
+    assert f"{cider:.1f}" in card.split("## Evaluation")[1]  # the table and the model-index agree
     for expected in ("corpus.jsonl", "ε = 0.016 (std 0.126)", "transformer, 2 layers", "| BLEU-1 |", "Bias"):
         assert expected in card
     model = CapDecForConditionalGeneration.from_pretrained(run.output_dir)

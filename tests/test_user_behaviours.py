@@ -176,7 +176,14 @@ def test_model_card_scores_are_the_metrics_times_100(model, tmp_path):
     assert header == "| BLEU-4 | CIDEr |" and values == "| 12.3 | 98.8 |"
     assert fields["noise"] == f"gaussian, ε = 0.004 (std {math.sqrt(0.004):.3f})"
     assert fields["corpus_size"] == "12,345" and fields["prefix_length"] == str(model.config.prefix_length)
-    assert "- openai/clip-vit-base-patch32\n- gpt2\n" in fields["base_model_metadata"]
+    card_data = fields["card_data"]
+    assert card_data.base_model == ["openai/clip-vit-base-patch32", "gpt2"]
+    # The model-index carries the same numbers as the table (× 100), one result per metric, in the table's order.
+    assert [(r.metric_type, r.metric_value) for r in card_data.eval_results] == [
+        ("bleu-4", 12.3),
+        ("cider", 98.8),
+    ]
+    assert {r.dataset_name for r in card_data.eval_results} == {"eval.jsonl"}
 
 
 @pytest.mark.parametrize("mode, expected", [("supervised", "none (supervised"), ("text", "none (ε = 0)")])

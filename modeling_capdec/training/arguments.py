@@ -41,6 +41,46 @@ class ModelArguments:
         metadata={"help": "Fine-tune the decoder too; --no_train_decoder is the paper's only_prefix."},
     )
 
+    lora_r: int | None = field(
+        default=None,
+        metadata={
+            "help": "LoRA rank: train low-rank adapters in the decoder (and the mapper fully) instead of the whole "
+            "decoder; needs peft (capdec[lora]). The saved adapter names its base folder."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scaling alpha (default 2 × rank)."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layers to adapt, by name (e.g. c_attn c_proj); default: every Linear/Conv1D layer of "
+            "the decoder except its LM head."
+        },
+    )
+    lora_mapper: bool = field(
+        default=False,
+        metadata={
+            "help": "LoRA on the mapper's layers too, instead of training it fully (needs --init_from)."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "After a LoRA run, also write OUTPUT_DIR/merged: the adapters merged into a plain Hub folder "
+            "that loads without peft."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        lora_only = [
+            name for name in ("lora_alpha", "lora_target_modules") if getattr(self, name) is not None
+        ]
+        lora_only += [name for name in ("lora_mapper", "merge_lora") if getattr(self, name)]
+        if self.lora_r is None and lora_only:
+            raise ValueError(f"{', '.join('--' + n for n in lora_only)} need(s) --lora_r (the LoRA rank).")
+
     def architecture(self) -> dict[str, Any]:
         """The `CapDecConfig` fields given on the command line (the others keep the config's defaults)."""
         names = ("mapping_type", "prefix_length", "clip_length", "num_mapping_layers")
@@ -231,6 +271,13 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         metadata={"help": "Vector added to text embeddings in training (.npy/.json/.safetensors)."},
     )
     noise_seed: int | None = field(default=None, metadata={"help": "Seed of the noise (default: --seed)."})
+    license: str | None = field(
+        default="mit",
+        metadata={
+            "help": "License in the model card's front matter (the code, GPT-2 and CLIP are MIT; follow your "
+            "corpus's terms)."
+        },
+    )
     eval_metrics: list[str] = field(
         default_factory=lambda: list(DEFAULT_EVAL_METRICS),
         metadata={

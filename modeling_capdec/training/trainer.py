@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 from ..modeling_capdec import CapDecForConditionalGeneration
 from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
+from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
 
@@ -228,6 +229,13 @@ class CapDecTrainer(Trainer):
             )
         finally:
             model.train(was_training)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and is_lora_model(model):
+            # peft's save_pretrained writes the adapter only; the code travels with it as with a plain save.
+            save_lora_code(model, output_dir or self.args.output_dir)
 
     def create_model_card(self, **kwargs) -> None:
         if not self.is_world_process_zero():
@@ -469,7 +477,17 @@ def finish_run(
         trainer.save_metrics("eval", metrics)
         if trainer.is_world_process_zero():
             write_coco_results(trainer.last_eval_predictions, Path(args.output_dir, "eval_predictions.json"))
-    config = trainer.accelerator.unwrap_model(trainer.model).config
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    config = model.config
+    lora = None
+    if is_lora_model(model):
+        lora_config = model.peft_config["default"]
+        lora = {
+            "r": lora_config.r,
+            "alpha": lora_config.lora_alpha,
+            "target_modules": model_args.lora_target_modules,
+            "base": lora_config.base_model_name_or_path,
+        }
     trainer.model_card_fields = model_card_fields(
         config,
         args,
@@ -483,6 +501,9 @@ def finish_run(
         trained_epochs=trainer.state.epoch,
         eval_set=data_args.eval_source,
         metrics=metrics,
+        hub_dataset=data_args.dataset_name,
+        license=args.license,
+        lora=lora,
     )
     trainer.create_model_card()
     if args.push_to_hub:
