@@ -48,6 +48,7 @@ def split_compression(path: Path) -> tuple[str, str]:
     ```python
     >>> split_compression(Path("captions.jsonl.gz"))
     ('.jsonl', '.gz')
+
     ```
     """
     compression = path.suffix.lower() if path.suffix.lower() in COMPRESSIONS else ""
