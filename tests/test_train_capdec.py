@@ -459,3 +459,19 @@ def test_several_compressed_and_globbed_corpus_files(parts, tmp_path, capsys):
         main(cli(parts, tmp_path / "out") + ["--train_file", str(tmp_path / "shards" / "*.csv")])
     with pytest.raises(ValueError, match=r"--streaming is not supported\. .*--embed_on_the_fly"):
         main(cli(parts, tmp_path / "out", "--streaming"))
+
+
+def test_recipe_gives_train_file_as_one_string_or_a_list(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train_file: data/captions.jsonl.gz\noutput_dir: out\n")
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu"])
+    assert (data_args.train_file, data_args.train_source) == (
+        ["data/captions.jsonl.gz"],
+        "data/captions.jsonl.gz",
+    )
+    recipe.write_text("train_file: [a.jsonl, 'shards/*.jsonl']\noutput_dir: out\n")
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu"])
+    assert data_args.train_source == ["a.jsonl", "shards/*.jsonl"]
+    # The command line overrides the recipe's files with its own list.
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu", "--train_file", "b.jsonl", "c.jsonl"])
+    assert data_args.train_source == ["b.jsonl", "c.jsonl"]

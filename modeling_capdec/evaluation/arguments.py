@@ -26,7 +26,7 @@ class EvaluateArguments:
             "aliases": ["--annotations", "--dataset"],
             "help": "The eval set, as training's --eval_file: a Karpathy split JSON (dataset_coco.json), a COCO "
             "captions JSON (captions_val2014.json), or a datasets source with one row per image (a .jsonl/.csv/"
-            ".parquet file, a save_to_disk folder or a Hub name).",
+            ".parquet file, compressed or not, a glob, a save_to_disk folder or a Hub name).",
         },
     )
     split: str = field(default="test", metadata={"help": "Karpathy split, or the dataset split."})
