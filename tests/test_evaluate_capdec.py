@@ -380,3 +380,18 @@ def test_sampling_and_dtype_errors(tmp_path, extra, message, capsys):
         return
     with pytest.raises(ValueError, match=message):
         evaluate_capdec.main(argv)
+
+
+def test_eval_set_from_a_glob_of_compressed_shards(eval_jsonl, tmp_path):
+    import gzip
+
+    lines = eval_jsonl.read_text().splitlines(keepends=True)
+    (tmp_path / "shards").mkdir()
+    for index, start in enumerate(range(0, len(lines), 2)):
+        (tmp_path / "shards" / f"eval-{index}.jsonl.gz").write_bytes(
+            gzip.compress("".join(lines[start : start + 2]).encode())
+        )
+    eval_set = load_eval_set(str(tmp_path / "shards" / "*.jsonl.gz"), cache_dir=str(tmp_path / "hf"))
+    assert eval_set.image_ids == [json.loads(line)["image_id"] for line in lines]
+    with pytest.raises(FileNotFoundError, match=r"No data file matches the pattern '.*/shards/\*\.csv'"):
+        load_eval_set(str(tmp_path / "shards" / "*.csv"))
