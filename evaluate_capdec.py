@@ -8,8 +8,11 @@ SPICE when its models are installed; toolkit scale, CIDEr up to 10) to `--output
         --image_root data/coco --split test --num_beams 5 --output_dir outputs/eval-coco
     # COCO captions annotation file
     capdec-evaluate --model outputs/capdec-coco --eval_file captions_val2014.json --image_root data/coco/val2014
-    # a `datasets` eval set (a .jsonl file, save_to_disk folder or Hub name), one row per image
+    # a `datasets` eval set (a .jsonl/.jsonl.gz file, save_to_disk folder or Hub name), one row per image
     capdec-evaluate --model outputs/capdec-coco --eval_file data/coco_test --image_column image_path
+    # bfloat16, and sampled captions that repeat from run to run
+    capdec-evaluate --model outputs/capdec-coco --eval_file eval.jsonl --dtype bfloat16 \\
+        --do_sample --top_p 0.9 --temperature 0.7 --seed 0
     # score an existing results file: no model, no images
     capdec-evaluate --predictions outputs/eval-coco/predictions.json --eval_file data/dataset_coco.json
     # a recipe file, optionally followed by overrides
@@ -60,6 +63,13 @@ def evaluate(args: EvaluateArguments) -> dict[str, float]:
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = modeling_capdec.CapDecForConditionalGeneration.from_pretrained(args.model).to(device).eval()
+        if args.dtype is not None:
+            # Cast after loading: CLIP, the mapper and the decoder all follow (pixel values are cast to it too).
+            model = model.to(dtype=getattr(torch, args.dtype))
+        if args.seed is not None:
+            from transformers import set_seed
+
+            set_seed(args.seed)
         processor = modeling_capdec.CapDecProcessor.from_pretrained(args.model)
         modeling_capdec.check_processor_matches_model(processor, model)
         captions = caption_images(

@@ -203,7 +203,14 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
 
 
 def _open(source: Any, timeout: float) -> Image.Image:
-    """Open one source as a PIL image; raises `ImageLoadError` (a reason only, without the index) or PIL's errors."""
+    """Open one source as a PIL image; raises `ImageLoadError` (a reason only, without the index) or PIL's errors.
+
+    Not `transformers.image_utils.load_image`, though it reads the same URLs, paths and base64 strings: it converts
+    to RGB at once (16-bit grayscale clipped to white; transparent pixels keep their hidden colour, often black,
+    where `to_rgb` composites on white), decodes base64 leniently (a missing path is tried as base64 and fails
+    with an error quoting the whole string), takes no bytes or arrays, and names no index. Its other gains, URL
+    timeout and EXIF rotation, are here too (`timeout`, `to_rgb`).
+    """
     if isinstance(source, Image.Image):
         return source
     if isinstance(source, np.ndarray):

@@ -4,6 +4,7 @@ Only `test_predictions_mode_end_to_end` starts METEOR's JVM (~10-20 s); the rest
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,114 @@ def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
 
     with pytest.raises(ValueError, match=message):
         main(["--model", str(tmp_path), "--eval_file", str(tmp_path / "eval.json"), option, value])
+
+
+# -- training's eval inputs, dtype and sampling with a tiny saved model (issue 14) ---------------------------------
+@pytest.fixture
+def eval_jsonl(tmp_path, image_files) -> Path:
+    """An eval set as training's --eval_file takes it: one JSON line per image (path and references)."""
+    rows = [
+        {
+            "image_id": 10 + index,
+            "image_path": path,
+            "captions": [CAPTIONS[index % 3], CAPTIONS[(index + 1) % 3]],
+        }
+        for index, path in enumerate(image_files)
+    ]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _evaluate_cli(saved_dir, eval_file, output_dir, *extra: str) -> dict:
+    metrics = evaluate_capdec.main(
+        ["--model", str(saved_dir), "--eval_file", str(eval_file), "--output_dir", str(output_dir)]
+        + ["--device", "cpu", "--batch_size", "3", "--metrics", "BLEU", "CIDEr", *extra]
+    )
+    return {"metrics": metrics, "predictions": read_coco_results(Path(output_dir) / "predictions.json")}
+
+
+def test_jsonl_eval_set_end_to_end_with_a_saved_model(saved_dir, eval_jsonl, image_files, tmp_path):
+    import gzip
+
+    result = _evaluate_cli(saved_dir, eval_jsonl, tmp_path / "eval")
+    model = modeling_capdec.CapDecForConditionalGeneration.from_pretrained(saved_dir).eval()
+    processor = modeling_capdec.CapDecProcessor.from_pretrained(saved_dir)
+    expected = caption_images(model, processor, image_files)  # the model's own caption length
+    assert result["predictions"] == {10 + index: caption for index, caption in enumerate(expected)}
+    assert set(result["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"}
+    # The same eval set compressed, as training's --eval_file reads it too.
+    compressed = tmp_path / "eval.jsonl.gz"
+    compressed.write_bytes(gzip.compress(eval_jsonl.read_bytes()))
+    assert _evaluate_cli(saved_dir, compressed, tmp_path / "eval-gz")["predictions"] == result["predictions"]
+
+
+def test_dtype_and_sampling_options(saved_dir, eval_jsonl, tmp_path, monkeypatch):
+    seen = []
+    generate = modeling_capdec.CapDecForConditionalGeneration.generate
+
+    def recording_generate(self, pixel_values=None, **kwargs):
+        seen.append((self.dtype, pixel_values.dtype, kwargs))
+        return generate(self, pixel_values=pixel_values, **kwargs)
+
+    monkeypatch.setattr(modeling_capdec.CapDecForConditionalGeneration, "generate", recording_generate)
+    sampled = [
+        "--do_sample",
+        "--top_p",
+        "0.9",
+        "--temperature",
+        "1.5",
+        "--seed",
+        "3",
+        "--max_new_tokens",
+        "6",
+    ]
+    first = _evaluate_cli(saved_dir, eval_jsonl, tmp_path / "a", *sampled)["predictions"]
+    # The sampling settings reach generate, and the seed makes the sampled captions repeat.
+    assert seen[0][2] == {
+        "num_beams": 1,
+        "max_new_tokens": 6,
+        "do_sample": True,
+        "top_p": 0.9,
+        "temperature": 1.5,
+    }
+    assert _evaluate_cli(saved_dir, eval_jsonl, tmp_path / "b", *sampled)["predictions"] == first
+    seen.clear()
+    bf16 = _evaluate_cli(saved_dir, eval_jsonl, tmp_path / "bf16", "--dtype", "bfloat16")["predictions"]
+    assert seen[0][:2] == (torch.bfloat16, torch.bfloat16)
+    assert len(bf16) == len(first) and all(isinstance(caption, str) for caption in bf16.values())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--top_p", "0.9"], r"--top_p only apply when sampling: add --do_sample"),
+        (["--do_sample", "--top_p", "1.5"], r"--top_p must be in \(0, 1\], got 1.5"),
+        (["--do_sample", "--temperature", "0"], r"--temperature must be greater than 0, got 0.0"),
+        (["--dtype", "float64"], r"--dtype: invalid choice: 'float64'"),
+    ],
+)
+def test_sampling_and_dtype_errors(tmp_path, extra, message, capsys):
+    argv = ["--model", str(tmp_path), "--eval_file", str(tmp_path / "eval.json"), *extra]
+    if extra[0] == "--dtype":  # argparse refuses a choice on stderr and exits
+        with pytest.raises(SystemExit):
+            evaluate_capdec.main(argv)
+        assert re.search(message, capsys.readouterr().err)
+        return
+    with pytest.raises(ValueError, match=message):
+        evaluate_capdec.main(argv)
+
+
+def test_eval_set_from_a_glob_of_compressed_shards(eval_jsonl, tmp_path):
+    import gzip
+
+    lines = eval_jsonl.read_text().splitlines(keepends=True)
+    (tmp_path / "shards").mkdir()
+    for index, start in enumerate(range(0, len(lines), 2)):
+        (tmp_path / "shards" / f"eval-{index}.jsonl.gz").write_bytes(
+            gzip.compress("".join(lines[start : start + 2]).encode())
+        )
+    eval_set = load_eval_set(str(tmp_path / "shards" / "*.jsonl.gz"), cache_dir=str(tmp_path / "hf"))
+    assert eval_set.image_ids == [json.loads(line)["image_id"] for line in lines]
+    with pytest.raises(FileNotFoundError, match=r"No data file matches the pattern '.*/shards/\*\.csv'"):
+        load_eval_set(str(tmp_path / "shards" / "*.csv"))

@@ -276,3 +276,43 @@ def test_damaged_saved_processor_folders_name_the_file(saved_dir, tmp_path, dama
         (folder / name).write_text(text[: len(text) // 2])
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         CapDecProcessor.from_pretrained(folder)
+
+
+# -- URLs, EXIF rotation (issue 14: what transformers.image_utils.load_image offers, kept in our loader) ---------
+def test_exif_rotated_photo_is_turned_upright(tmp_path):
+    # A 30×20 photo stored sideways with EXIF orientation 6 ("rotate 90° clockwise to view") is 20×30 upright.
+    array = np.zeros((20, 30, 3), dtype=np.uint8)
+    array[:, :15] = (200, 30, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    Image.fromarray(array).save(path, exif=exif)
+    upright = load_image(str(path))
+    assert upright.size == (20, 30)
+    # The red left half of the stored image is the top half once turned clockwise.
+    assert upright.getpixel((10, 2))[0] > 150 and upright.getpixel((10, 27))[0] < 80
+
+
+def test_urls_are_fetched_and_failures_name_index_and_url(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    Image.new("RGB", (6, 4), (10, 200, 30)).save(tmp_path / "green.png")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # no request lines in the test output
+            pass
+
+    handler = functools.partial(Quiet, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        image = load_image(f"{base}/green.png", timeout=5)
+        assert (image.size, image.getpixel((0, 0))) == ((6, 4), (10, 200, 30))
+        with pytest.raises(ImageLoadError, match=rf"Cannot load image 1 \('{base}/missing.png'\): .*404"):
+            load_images([f"{base}/green.png", f"{base}/missing.png"])
+    finally:
+        server.shutdown()
+        server.server_close()

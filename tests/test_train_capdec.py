@@ -460,3 +460,41 @@ def test_cleaning_report_is_printed_and_bad_lines_can_be_skipped(parts, tmp_path
 def test_bad_settings_are_refused_by_name(parts, tmp_path, option, value, message):
     with pytest.raises(ValueError, match=message):
         main(cli(parts, tmp_path / "out", "--max_steps", "1", option, value))
+
+
+def test_several_compressed_and_globbed_corpus_files(parts, tmp_path, capsys):
+    import gzip
+
+    lines = Path(parts.corpus).read_text().splitlines(keepends=True)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "b.jsonl").write_text("".join(lines[10:20]))
+    (tmp_path / "shards" / "a.jsonl").write_text("".join(lines[:10]))
+    (tmp_path / "rest.jsonl.gz").write_bytes(gzip.compress("".join(lines[20:]).encode()))
+    args = cli(parts, tmp_path / "out", "--max_steps", "1", "--save_strategy", "no")
+    args[args.index("--train_file") + 1 : args.index("--train_file") + 2] = [
+        str(tmp_path / "shards" / "*.jsonl"),
+        str(tmp_path / "rest.jsonl.gz"),
+    ]
+    trainer = main(args)
+    assert len(trainer.train_dataset) == 30
+    assert "Corpus cleaning: 30 rows, 30 captions: kept 30" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match=r"No data file matches the pattern '.*/shards/\*\.csv'"):
+        main(cli(parts, tmp_path / "out") + ["--train_file", str(tmp_path / "shards" / "*.csv")])
+    with pytest.raises(ValueError, match=r"--streaming is not supported\. .*--embed_on_the_fly"):
+        main(cli(parts, tmp_path / "out", "--streaming"))
+
+
+def test_recipe_gives_train_file_as_one_string_or_a_list(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train_file: data/captions.jsonl.gz\noutput_dir: out\n")
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu"])
+    assert (data_args.train_file, data_args.train_source) == (
+        ["data/captions.jsonl.gz"],
+        "data/captions.jsonl.gz",
+    )
+    recipe.write_text("train_file: [a.jsonl, 'shards/*.jsonl']\noutput_dir: out\n")
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu"])
+    assert data_args.train_source == ["a.jsonl", "shards/*.jsonl"]
+    # The command line overrides the recipe's files with its own list.
+    _, data_args, _ = parse_arguments([str(recipe), "--use_cpu", "--train_file", "b.jsonl", "c.jsonl"])
+    assert data_args.train_source == ["b.jsonl", "c.jsonl"]

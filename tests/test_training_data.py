@@ -340,3 +340,121 @@ def test_temporary_files_of_a_killed_map_are_removed(model, processor, tmp_path,
         prepare_training_dataset(corpus, model, processor, cache_dir=cache)
     assert not leftover.exists() and keep.exists()
     assert "Removed 1 temporary file(s) of an interrupted run" in caplog.text
+
+
+# -- compressed files, globs, several files (issue 14) -------------------------------------------------------------
+def _compressed(path, text: str) -> str:
+    """Write `text` to `path`, compressed as its suffix says (the stdlib's gzip/bz2/lzma)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[path.suffix]
+    with opener(path, "wt", encoding="utf-8") as handle:
+        handle.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name, text, column",
+    [
+        ("c.jsonl.gz", '{"caption": "a dog"}\n{"caption": "a cat"}\n', "caption"),
+        ("c.csv.bz2", "caption,other\na dog,1\na cat,2\n", "caption"),
+        ("c.tsv.xz", "caption\tother\na dog\t1\na cat\t2\n", "caption"),
+        ("c.txt.gz", "a dog\na cat\n", "caption"),
+        ("c.json.gz", '[{"caption": "a dog"}, {"caption": "a cat"}]', "caption"),
+    ],
+)
+def test_compressed_corpus_files(tmp_path, name, text, column):
+    path = _compressed(tmp_path / name, text)
+    assert list(load_dataset_source(path, cache_dir=str(tmp_path / "hf"))[column]) == ["a dog", "a cat"]
+
+
+def test_compressed_files_are_checked_line_by_line(tmp_path):
+    cache = str(tmp_path / "hf")
+    path = _compressed(
+        tmp_path / "bad.jsonl.gz", '{"caption": "a dog"}\n{"caption": \n{"caption": "a cat"}\n'
+    )
+    with pytest.raises(ValueError, match=r"Cannot read .*bad\.jsonl\.gz as json: line 2: malformed JSON"):
+        load_dataset_source(path, cache_dir=cache)
+    assert list(load_dataset_source(path, cache_dir=cache, skip_bad_lines=True)["caption"]) == [
+        "a dog",
+        "a cat",
+    ]
+    latin = tmp_path / "latin.txt.gz"
+    import gzip
+
+    latin.write_bytes(gzip.compress("a dog\ncafé\n".encode("latin-1")))
+    with pytest.raises(
+        ValueError, match=r"latin\.txt\.gz as text: line 2: byte 0xe9 .*--train_file_encoding"
+    ):
+        load_dataset_source(latin, cache_dir=cache)
+    assert load_dataset_source(latin, cache_dir=cache, encoding="latin-1")["caption"][1] == "café"
+    truncated = tmp_path / "truncated.jsonl.gz"
+    truncated.write_bytes(gzip.compress(b'{"caption": "a dog"}\n' * 50)[:30])
+    with pytest.raises(ValueError, match=r"Cannot decompress .*truncated\.jsonl\.gz: EOFError"):
+        load_dataset_source(truncated, cache_dir=cache)
+    (tmp_path / "c.parquet.gz").write_bytes(b"x")
+    with pytest.raises(
+        ValueError, match=r"c\.parquet\.gz: a \.parquet file is read as it is, not \.gz-compressed"
+    ):
+        load_dataset_source(tmp_path / "c.parquet.gz", cache_dir=cache)
+    (tmp_path / "c.docx.gz").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"unknown extension '\.docx\.gz'"):
+        load_dataset_source(tmp_path / "c.docx.gz", cache_dir=cache)
+
+
+def test_globs_and_several_files(tmp_path):
+    cache = str(tmp_path / "hf")
+    (tmp_path / "data").mkdir()
+    # Written out of order: a glob's matches are read sorted, so the rows (and example ids) are the same each run.
+    _write_jsonl(tmp_path / "data" / "part-2.jsonl", [{"caption": "a bus"}])
+    _write_jsonl(tmp_path / "data" / "part-1.jsonl", [{"caption": "a dog"}, {"caption": "a cat"}])
+    _compressed(tmp_path / "data" / "part-3.jsonl.gz", '{"caption": "a tree"}\n')
+    assert list(load_dataset_source(str(tmp_path / "data" / "*.jsonl"), cache_dir=cache)["caption"]) == [
+        "a dog",
+        "a cat",
+        "a bus",
+    ]
+    # Several paths and globs, compressed or not, in the order given.
+    sources = [str(tmp_path / "data" / "part-3.jsonl.gz"), str(tmp_path / "data" / "part-[12].jsonl")]
+    assert list(load_dataset_source(sources, cache_dir=cache)["caption"]) == [
+        "a tree",
+        "a dog",
+        "a cat",
+        "a bus",
+    ]
+    # A list of one behaves as the path itself.
+    assert list(load_dataset_source(sources[:1], cache_dir=cache)["caption"]) == ["a tree"]
+
+
+def test_glob_and_list_errors_name_the_item(tmp_path):
+    cache = str(tmp_path / "hf")
+    good = _write_jsonl(tmp_path / "a.jsonl", [{"caption": "a dog"}])
+    with pytest.raises(FileNotFoundError, match=r"No data file matches the pattern '.*/nothing/\*\.jsonl'"):
+        load_dataset_source(str(tmp_path / "nothing" / "*.jsonl"), cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match=r"Data file not found: .*missing\.jsonl"):
+        load_dataset_source([good, str(tmp_path / "missing.jsonl")], cache_dir=cache)
+    (tmp_path / "b.csv").write_text("caption\na cat\n")
+    with pytest.raises(ValueError, match=r"different formats; .*a\.jsonl \(json\), .*b\.csv \(csv\)"):
+        load_dataset_source([good, str(tmp_path / "b.csv")], cache_dir=cache)
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"caption": "a cat"}\nnot json\n')
+    # The line check names the bad file among several.
+    with pytest.raises(ValueError, match=r"Cannot read .*b\.jsonl as json: line 2: malformed JSON"):
+        load_dataset_source([good, str(bad)], cache_dir=cache)
+    assert list(load_dataset_source([good, str(bad)], cache_dir=cache, skip_bad_lines=True)["caption"]) == [
+        "a dog",
+        "a cat",
+    ]
+    with pytest.raises(ValueError, match="list of data files is empty"):
+        load_dataset_source([], cache_dir=cache)
+
+
+def test_train_file_arguments_and_streaming_refusal():
+    # One string (a recipe's value) becomes a list of one; train_source stays a plain path for one file.
+    assert DataArguments(train_file="a.jsonl").train_file == ["a.jsonl"]
+    assert DataArguments(train_file="a.jsonl").train_source == "a.jsonl"
+    assert DataArguments(train_file=["a.jsonl", "b/*.jsonl"]).train_source == ["a.jsonl", "b/*.jsonl"]
+    with pytest.raises(ValueError, match=r"--streaming is not supported\..*--embed_on_the_fly.*--train_file"):
+        DataArguments(train_file="a.jsonl", streaming=True)

@@ -1,6 +1,10 @@
 """The arguments of `capdec-evaluate` (`evaluate_capdec.py`)."""
 
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# --dtype values and the torch dtypes they name (strings here, so that parsing the arguments imports no torch).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -22,7 +26,7 @@ class EvaluateArguments:
             "aliases": ["--annotations", "--dataset"],
             "help": "The eval set, as training's --eval_file: a Karpathy split JSON (dataset_coco.json), a COCO "
             "captions JSON (captions_val2014.json), or a datasets source with one row per image (a .jsonl/.csv/"
-            ".parquet file, a save_to_disk folder or a Hub name).",
+            ".parquet file, compressed or not, a glob, a save_to_disk folder or a Hub name).",
         },
     )
     split: str = field(default="test", metadata={"help": "Karpathy split, or the dataset split."})
@@ -61,6 +65,25 @@ class EvaluateArguments:
         default=None,
         metadata={"help": "Longest caption in decoder tokens (the model's own default if not set)."},
     )
+    do_sample: bool = field(
+        default=False,
+        metadata={"help": "Sample the captions (with --top_p/--temperature) instead of searching."},
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": "Nucleus sampling: keep the smallest token set of this probability."}
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Sampling temperature (>0; below 1 sharper, above 1 more varied)."}
+    )
+    seed: int | None = field(
+        default=None, metadata={"help": "Random seed, so that sampled captions repeat from run to run."}
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = field(
+        default=None,
+        metadata={
+            "help": "Run the model in this dtype (bfloat16/float16 halve memory on a GPU); the saved one if not set."
+        },
+    )
     device: str | None = field(
         default=None, metadata={"help": "torch device (cuda when available, else cpu)."}
     )
@@ -78,13 +101,35 @@ class EvaluateArguments:
             )
         if self.eval_file is None:
             raise ValueError("Give the eval set with --eval_file (or its aliases --annotations, --dataset).")
+        sampling = [name for name in ("top_p", "temperature") if getattr(self, name) is not None]
+        if sampling and not self.do_sample:
+            # generate would ignore them with a warning: a run that looks sampled but is not.
+            raise ValueError(
+                f"{', '.join('--' + name for name in sampling)} only apply when sampling: add --do_sample."
+            )
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}.")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"--temperature must be greater than 0, got {self.temperature}.")
+        if self.dtype is not None and self.dtype not in DTYPES:  # a caller that bypasses the parser
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
 
-    def generate_kwargs(self) -> dict:
-        """What `model.generate` receives for each batch."""
-        kwargs = {"num_beams": self.num_beams}
+    def generate_kwargs(self) -> dict[str, Any]:
+        """What `model.generate` receives for each batch: only the settings given, so that the model's own
+        generation defaults (its caption length among them) apply to the rest."""
+        kwargs: dict[str, Any] = {"num_beams": self.num_beams}
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
+        if self.do_sample:
+            kwargs["do_sample"] = True
+            kwargs.update(
+                {
+                    name: getattr(self, name)
+                    for name in ("top_p", "temperature")
+                    if getattr(self, name) is not None
+                }
+            )
         return kwargs
 
 
-__all__ = ["EvaluateArguments"]
+__all__ = ["DTYPES", "EvaluateArguments"]

@@ -10,6 +10,15 @@ from typing import Any, Literal
 from transformers import Seq2SeqTrainingArguments
 
 DEFAULT_EVAL_METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
+# Why --streaming is refused, and what to do instead. Streaming would need its own pipeline (cleaning and CLIP in
+# IterableDataset.map, max_steps instead of epochs, counts reported as they go); the cached map pipeline already
+# keeps the corpus on disk, so the option is named and refused rather than left to argparse's "not used".
+STREAMING_REFUSAL = (
+    "--streaming is not supported. The corpus is never held in memory: it is cleaned, tokenised and embedded "
+    "once into memory-mapped Arrow files under --cache_dir and read from disk. For a corpus too large to embed in "
+    "advance, pass --embed_on_the_fly (CLIP runs in each step); for many or compressed files, give globs or "
+    "several paths: --train_file 'data/*.jsonl.gz' more.jsonl."
+)
 
 
 @dataclass
@@ -89,8 +98,14 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    train_file: str | None = field(
-        default=None, metadata={"help": "Caption corpus file: .json/.jsonl/.csv/.tsv/.txt/.parquet."}
+    train_file: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Caption corpus file(s), of one format: .json/.jsonl/.csv/.tsv/.txt/.parquet, the text formats "
+            "also compressed (.gz/.bz2/.xz/.zst). Several paths and globs read as one corpus: --train_file "
+            "a.jsonl b.jsonl, --train_file 'data/*.jsonl.gz' (quoted: the glob is expanded in order, not by "
+            "the shell)."
+        },
     )
     train_file_encoding: str = field(
         default="utf-8", metadata={"help": "Text encoding of --train_file (e.g. latin-1, cp1252)."}
@@ -101,6 +116,13 @@ class DataArguments:
             "help": "Skip (and count, in a warning) lines of --train_file that cannot be read: bytes invalid in "
             "the encoding, malformed JSON lines, CSV rows with the wrong number of fields. Default: stop, "
             "naming the line."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Not supported: refused with the ways to train on a corpus larger than memory (the corpus is "
+            "already read from memory-mapped files on disk; --embed_on_the_fly skips the CLIP precomputation)."
         },
     )
     dataset_dir: str | None = field(
@@ -181,6 +203,10 @@ class DataArguments:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.train_file, str):  # a recipe (or a caller) may give one path as a string
+            self.train_file = [self.train_file]
+        if self.streaming:
+            raise ValueError(STREAMING_REFUSAL)
         given = [name for name in ("train_file", "dataset_dir", "dataset_name") if getattr(self, name)]
         if len(given) > 1:
             raise ValueError(
@@ -190,9 +216,12 @@ class DataArguments:
             raise ValueError("Give one eval set: --eval_file or --eval_dataset_dir, not both.")
 
     @property
-    def train_source(self) -> str | None:
-        """The training corpus: a file, a save_to_disk folder or a Hub name (`training.data.load_dataset_source`)."""
-        return self.train_file or self.dataset_dir or self.dataset_name
+    def train_source(self) -> str | list[str] | None:
+        """The training corpus (`training.data.load_dataset_source`): a file or glob, a list of them, a
+        save_to_disk folder or a Hub name. One file stays a string, so that the model card names it plainly."""
+        if self.train_file:
+            return self.train_file[0] if len(self.train_file) == 1 else list(self.train_file)
+        return self.dataset_dir or self.dataset_name
 
     @property
     def eval_source(self) -> str | None:

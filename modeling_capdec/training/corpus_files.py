@@ -8,14 +8,19 @@ the first bad line, the reason, how many lines are bad and the way on, or, with 
 UTF-8 copy without the bad lines (counted in a warning) for `datasets` to load.
 """
 
+import bz2
 import csv
+import gzip
 import hashlib
+import io
 import json
 import logging
+import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import datasets
 
@@ -25,10 +30,52 @@ logger = logging.getLogger(__name__)
 TEXT_BUILDERS = ("json", "csv", "text")
 # How many bad line numbers a message lists before "...".
 SHOWN_LINES = 5
+# Single-file compressions of a text corpus (`captions.jsonl.gz`); `datasets` reads them all, and the check here
+# decompresses them as it reads (the stdlib for gzip/bz2/xz, the `zstandard` package that datasets needs for .zst).
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 
 
 class CorpusFileError(ValueError):
     """A corpus file cannot be read as it is; the message names the file, the line and the reason."""
+
+
+def split_compression(path: Path) -> tuple[str, str]:
+    """`(format suffix, compression suffix)` of a file name, lower-cased: `a.JSONL.gz` -> `(".jsonl", ".gz")`,
+    `a.csv` -> `(".csv", "")`.
+
+    Example:
+
+    ```python
+    >>> split_compression(Path("captions.jsonl.gz"))
+    ('.jsonl', '.gz')
+
+    ```
+    """
+    compression = path.suffix.lower() if path.suffix.lower() in COMPRESSIONS else ""
+    inner = Path(path.name[: len(path.name) - len(compression)]) if compression else path
+    return inner.suffix.lower(), compression
+
+
+def open_corpus_file(path: Path) -> BinaryIO:
+    """`path` opened for reading bytes, decompressed on the fly when its name ends in a compression suffix."""
+    compression = split_compression(path)[1]
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise CorpusFileError(
+                f"Cannot read {path}: .zst files need the zstandard package (pip install zstandard), which "
+                "datasets uses too."
+            ) from None
+        # A buffered reader, so that iterating gives lines as for the other formats.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True))
+    return path.open("rb")
 
 
 @dataclass
@@ -39,7 +86,7 @@ class BadLine:
 
 def _decoded_lines(path: Path, encoding: str, bad: list[BadLine]) -> Iterator[tuple[int, str]]:
     """`(line number, text)` of each line that decodes; a line that does not is recorded in `bad`."""
-    with path.open("rb") as handle:
+    with open_corpus_file(path) as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 and encoding == "utf-8" else encoding)
@@ -70,7 +117,8 @@ def _json_lines(path: Path, encoding: str, bad: list[BadLine]) -> list[str]:
 
 
 def _json_document(path: Path, encoding: str) -> None:
-    data = path.read_bytes()
+    with open_corpus_file(path) as handle:
+        data = handle.read()
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as error:
@@ -132,7 +180,10 @@ def _clean_copy(path: Path, suffix: str, cache_dir: str | os.PathLike | None, se
     ).hexdigest()
     folder = Path(cache_dir) if cache_dir else Path(datasets.config.HF_DATASETS_CACHE) / "capdec"
     folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{path.stem}-checked-{key[:16]}{suffix}"
+    # The copy is uncompressed: `a.jsonl.gz` -> `a-checked-<key>.jsonl`.
+    compression = split_compression(path)[1]
+    stem = Path(path.name[: len(path.name) - len(compression)]).stem
+    return folder / f"{stem}-checked-{key[:16]}{suffix}"
 
 
 def _process_is_alive(pid: int) -> bool:
@@ -190,15 +241,35 @@ def check_corpus_file(
         raise CorpusFileError(f"{path} is empty (0 bytes): a corpus needs at least one caption.")
     if builder not in TEXT_BUILDERS:
         return path
-    suffix = path.suffix.lower()
-    with path.open("rb") as handle:
+    try:
+        return _check_text_file(path, builder, encoding, skip_bad_lines, cache_dir)
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        # A truncated or corrupt compressed file fails while it is read, with a message that names no file.
+        if not split_compression(path)[1] or isinstance(error, FileNotFoundError):
+            raise
+        raise CorpusFileError(
+            f"Cannot decompress {path}: {type(error).__name__}: {error}. Is the file complete and compressed as "
+            "its name says?"
+        ) from error
+
+
+def _check_text_file(
+    path: Path, builder: str, encoding: str, skip_bad_lines: bool, cache_dir: str | os.PathLike | None
+) -> Path:
+    suffix = split_compression(path)[0]
+    with open_corpus_file(path) as handle:
         start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     if builder == "json" and start.startswith(b"["):
         _json_document(path, encoding)
         if encoding == "utf-8":
             return path
         copy = _clean_copy(path, suffix, cache_dir, (encoding,))
-        _write_atomically(copy, lambda out: out.write(path.read_text(encoding=encoding)))
+
+        def decoded(out) -> None:
+            with open_corpus_file(path) as handle:
+                out.write(handle.read().decode(encoding))
+
+        _write_atomically(copy, decoded)
         return copy
 
     bad: list[BadLine] = []
@@ -248,4 +319,11 @@ def check_corpus_file(
     return copy
 
 
-__all__ = ["BadLine", "CorpusFileError", "check_corpus_file"]
+__all__ = [
+    "BadLine",
+    "COMPRESSIONS",
+    "CorpusFileError",
+    "check_corpus_file",
+    "open_corpus_file",
+    "split_compression",
+]

@@ -2,7 +2,8 @@
 
 A corpus is any `datasets` source with a caption column holding a string or a list of strings per row:
 
-- a local `.json`/`.jsonl`, `.csv`/`.tsv`, `.txt` (one caption per line) or `.parquet` file,
+- local `.json`/`.jsonl`, `.csv`/`.tsv`, `.txt` (one caption per line) or `.parquet` files: one path, a glob or a
+  list of them, the text formats optionally compressed (`.gz`, `.bz2`, `.xz`, `.zst`),
 - a `save_to_disk` folder (e.g. `data/coco_train_text` from `python -m processing.karpathy ...`),
 - a Hub dataset name.
 
@@ -18,6 +19,7 @@ Eval sets (one row per image: an image column and a list of reference captions) 
 """
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -34,7 +36,7 @@ from datasets import Dataset, DatasetDict
 from datasets.fingerprint import Hasher
 
 from ..processing_capdec import load_image
-from .corpus_files import check_corpus_file
+from .corpus_files import COMPRESSIONS, TEXT_BUILDERS, check_corpus_file, split_compression
 from .noise import EXAMPLE_ID_COLUMN
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ DROP_REASONS = ("empty", "not text")
 
 # -- loading ---------------------------------------------------------------------------------------------
 def load_dataset_source(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Sequence[str | os.PathLike],
     config_name: str | None = None,
     split: str = "train",
     cache_dir: str | None = None,
@@ -65,14 +67,19 @@ def load_dataset_source(
     encoding: str = "utf-8",
     skip_bad_lines: bool = False,
 ) -> Dataset:
-    """Load one split from a data file, a `save_to_disk` folder or a Hub dataset name (tried in that order).
+    """Load one split from data files, a `save_to_disk` folder or a Hub dataset name (tried in that order).
 
-    A `.txt` file is read one line per row into `text_column`. Text files (`.jsonl`, `.json`, `.csv`, `.tsv`,
-    `.txt`) are read in `encoding` and checked line by line first (`training.corpus_files.check_corpus_file`): a
-    byte that is not valid in the encoding, a malformed JSON line, a CSV row with the wrong number of fields or an
-    empty file raises `CorpusFileError` naming the file, the line and the reason; with `skip_bad_lines` the bad
-    lines are skipped and counted in a warning instead. Other errors name what failed: a missing file or folder
-    (`FileNotFoundError` with its path), a file that cannot be parsed (`ValueError` with its path), an unknown
+    Data files are one path, a glob (`data/*.jsonl`, `data/**/*.csv`) or a list of paths and globs, all of one
+    format: `.json`/`.jsonl`, `.csv`/`.tsv`, `.txt` (one caption per line into `text_column`), `.parquet`, `.arrow`;
+    the text formats may be compressed (`.gz`, `.bz2`, `.xz`, `.zst`). They are read together by
+    `datasets.load_dataset(builder, data_files=[...])`, as one split in the order given (a glob's matches sorted).
+
+    Text files are read in `encoding` and checked line by line first (`training.corpus_files.check_corpus_file`,
+    decompressing as it reads): a byte that is not valid in the encoding, a malformed JSON line, a CSV row with the
+    wrong number of fields or an empty file raises `CorpusFileError` naming the file, the line and the reason;
+    with `skip_bad_lines` the bad lines are skipped and counted in a warning instead. Other errors name what
+    failed: a missing file or folder, or a glob that matches no file (`FileNotFoundError` with the path or
+    pattern), a file that cannot be parsed or files of different formats (`ValueError` with the paths), an unknown
     split (`ValueError` listing the splits).
 
     Example:
@@ -85,9 +92,18 @@ def load_dataset_source(
     ['a dog on the beach', 'a red bus']
     ```
     """
+    if not isinstance(source, (str, os.PathLike)):
+        sources = list(source)
+        if not sources:
+            raise ValueError("No training corpus given: the list of data files is empty.")
+        if len(sources) > 1:
+            return _load_files(sources, cache_dir, text_column, encoding, skip_bad_lines)
+        source = sources[0]
     path = Path(source)
-    if path.is_file() or path.suffix.lower() in FILE_BUILDERS:
-        return _load_file(path, cache_dir, text_column, encoding, skip_bad_lines)
+    if _is_glob(str(source)) and not path.exists():
+        return _load_files([source], cache_dir, text_column, encoding, skip_bad_lines)
+    if path.is_file() or split_compression(path)[0] in FILE_BUILDERS:
+        return _load_files([path], cache_dir, text_column, encoding, skip_bad_lines)
     if path.is_dir():
         try:
             loaded = datasets.load_from_disk(str(path))
@@ -107,27 +123,76 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
-def _load_file(
-    path: Path, cache_dir: str | None, text_column: str, encoding: str, skip_bad_lines: bool
-) -> Dataset:
-    if not path.is_file():
-        raise FileNotFoundError(f"Data file not found: {path}")
-    builder = FILE_BUILDERS.get(path.suffix.lower())
+def _is_glob(source: str) -> bool:
+    return any(character in source for character in "*?[")
+
+
+def _expand(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    """The files named by paths and globs, in the order given; a glob's matches sorted, so that row order (and
+    with it the example ids the noise is drawn from) is the same in every run."""
+    files: list[Path] = []
+    for source in sources:
+        path = Path(source)
+        if _is_glob(str(source)) and not path.exists():
+            matches = sorted(Path(match) for match in glob.glob(str(source), recursive=True))
+            matches = [match for match in matches if match.is_file()]
+            if not matches:
+                raise FileNotFoundError(f"No data file matches the pattern {str(source)!r}.")
+            files.extend(matches)
+        elif not path.is_file():
+            raise FileNotFoundError(f"Data file not found: {path}")
+        else:
+            files.append(path)
+    return files
+
+
+def _builder(path: Path) -> str:
+    suffix, compression = split_compression(path)
+    builder = FILE_BUILDERS.get(suffix)
     if builder is None:
+        shown = path.suffix if not compression else suffix + compression
         raise ValueError(
-            f"Cannot read {path}: unknown extension {path.suffix!r}; supported: {sorted(FILE_BUILDERS)}."
+            f"Cannot read {path}: unknown extension {shown!r}; supported: {sorted(FILE_BUILDERS)}, the text "
+            f"formats also compressed ({', '.join(COMPRESSIONS)})."
         )
-    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    # The file datasets reads: this one, or a checked UTF-8 copy without the skipped lines.
-    checked = check_corpus_file(path, builder, encoding, skip_bad_lines, cache_dir)
+    if compression and builder not in TEXT_BUILDERS:
+        raise ValueError(
+            f"Cannot read {path}: a {suffix} file is read as it is, not {compression}-compressed; decompress it."
+        )
+    return builder
+
+
+def _load_files(
+    sources: Sequence[str | os.PathLike],
+    cache_dir: str | None,
+    text_column: str,
+    encoding: str,
+    skip_bad_lines: bool,
+) -> Dataset:
+    files = _expand(sources)
+    builders = {path: _builder(path) for path in files}
+    if len(set(builders.values())) > 1:
+        listed = ", ".join(f"{path} ({builder})" for path, builder in builders.items())
+        raise ValueError(f"The data files are of different formats; give files of one format: {listed}.")
+    builder = builders[files[0]]
+    # A .tsv is read by the csv builder with a tab; .csv and .tsv files together would need two delimiters.
+    delimiters = {"\t" if split_compression(path)[0] == ".tsv" else "," for path in files}
+    if builder == "csv" and len(delimiters) > 1:
+        raise ValueError(f"Give .csv or .tsv files, not both: {', '.join(map(str, files))}.")
+    options = {"delimiter": "\t"} if delimiters == {"\t"} else {}
+    # The files datasets reads: each one itself, or a checked UTF-8 copy without the skipped lines.
+    checked = [str(check_corpus_file(path, builder, encoding, skip_bad_lines, cache_dir)) for path in files]
+    named = str(files[0]) if len(files) == 1 else f"{len(files)} files ({', '.join(map(str, files))})"
     try:
         dataset = datasets.load_dataset(
-            builder, data_files=str(checked), split="train", cache_dir=cache_dir, **options
+            builder, data_files=checked, split="train", cache_dir=cache_dir, **options
         )
     except Exception as error:  # the builders raise many types (DatasetGenerationError, ArrowInvalid, ...)
-        raise ValueError(f"Cannot read {path} as {builder}: {type(error).__name__}: {error}") from error
+        raise ValueError(f"Cannot read {named} as {builder}: {type(error).__name__}: {error}") from error
     if builder == "text" and text_column != "text":
         dataset = dataset.rename_column("text", text_column)
+    if len(files) > 1:
+        logger.info("Corpus: %d rows from %s", len(dataset), named)
     return dataset
 
 
