@@ -276,7 +276,9 @@ def _tokenize(candidates: list[str], reference_lists: list[list[str]]) -> tuple[
         tokenized = PTBTokenizer().tokenize(captions)
     untokenizable = [line for line in java_messages if "Untokenizable" in line]
     if untokenizable:
-        logger.info("PTB tokenizer: %d untokenizable characters dropped (%s)", len(untokenizable), untokenizable[0])
+        logger.info(
+            "PTB tokenizer: %d untokenizable characters dropped (%s)", len(untokenizable), untokenizable[0]
+        )
     res = {index: tokenized["prediction", index] for index in range(len(candidates))}
     gts = {index: tokenized["references", index] for index in range(len(reference_lists))}
     return res, gts
