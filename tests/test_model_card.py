@@ -51,3 +51,8 @@ def test_limitations_and_bias_describe_this_run(model, tmp_path):
     assert "COCO captions describe men far more often" in bias and "`data/coco_train.jsonl`" in bias
     supervised = card_for(model, tmp_path, mode="supervised").text
     assert "Text-only training leaves a gap" not in supervised
+
+
+def test_a_corpus_of_several_files_is_named_file_by_file(model, tmp_path):
+    card = card_for(model, tmp_path, corpus=["shards/*.jsonl", "extra.jsonl"])
+    assert "shards/*.jsonl, extra.jsonl" in card.text and "['shards" not in card.text

@@ -8,7 +8,7 @@ trainer code, so it can be rendered (and tested) on its own.
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,7 @@ def model_card_fields(
     clip_model: str,
     decoder_model: str,
     mode: str,
-    corpus: str,
+    corpus: str | Sequence[str],
     cleaning_summary: str,
     corpus_size: int,
     trained_steps: int,
@@ -128,6 +128,8 @@ def model_card_fields(
     ```
     """
     noise = getattr(config, "training_noise", None) or {}
+    if not isinstance(corpus, str):  # several files or globs: named one after the other
+        corpus = ", ".join(map(str, corpus))
     model_name = Path(args.hub_model_id or args.output_dir).name
     return {
         CARD_DATA: model_card_data(
