@@ -17,25 +17,22 @@ The output folder is Hub-ready: weights, config and code (loads with `trust_remo
 not installed), the processor, and a README.md model card filled from `model_card.md`.
 """
 
-import shutil
-from pathlib import Path
-
 from transformers import set_seed
 
 from modeling_capdec.commands.recipes import parse_recipe_and_args
 from modeling_capdec.evaluation.eval_sets import load_eval_set
 from modeling_capdec.training.arguments import CapDecTrainingArguments, DataArguments, ModelArguments
-from modeling_capdec.training.collator import CapDecDataCollator
 from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
 from modeling_capdec.training.launch import warn_if_single_process_launch
+from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
     check_run_arguments,
     checkpoint_to_resume,
+    collator_for_run,
     finish_run,
     load_capdec_for_training,
-    load_modality_offset,
     setup_logging,
 )
 
@@ -47,7 +44,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     setup_logging(training_args)
     warn_if_single_process_launch(
         training_args.world_size
-    )  # `accelerate launch --cpu --num_processes N` runs one
+    )  # `accelerate launch --cpu --num_processes N`: one
     check_run_arguments(data_args, training_args)
     resume_from_checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         load_eval_set(data_args.eval_source, **data_args.eval_set_kwargs()) if data_args.eval_source else None
     )
 
-    # 1. Model and processor, and the collator that draws the noise (its settings are checked here, in seconds).
+    # 1. Model and processor, and the collator that draws the noise.
     model, processor = load_capdec_for_training(
         model_args.clip_model,
         model_args.decoder_model,
@@ -64,45 +61,17 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         train_decoder=model_args.train_decoder,
         **model_args.architecture(),
     )
-    noise_variance = training_args.noise_variance if data_args.mode == "text" else 0.0
-    offset_file = training_args.modality_offset_file
-    collator = CapDecDataCollator(
-        processor,
-        noise_variance=noise_variance,
-        noise_type=training_args.noise_type,
-        modality_offset=load_modality_offset(offset_file, model.config.clip_projection_dim)
-        if offset_file
-        else None,
-        mode=data_args.mode,
-        embed_on_the_fly=data_args.embed_on_the_fly,
-        seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
-        pad_to_multiple_of=data_args.pad_to_multiple_of,
-    )
-    model.config.training_noise = collator.settings()  # metadata: recorded in config.json and the model card
+    collator = collator_for_run(processor, model, data_args, training_args)
 
     # 2. Data: clean, tokenise and embed once (cached on disk; other processes wait and load the cache).
-    corpus = load_dataset_source(
-        data_args.train_source,
-        data_args.dataset_config,
-        split=data_args.train_split,
-        cache_dir=data_args.cache_dir,
-        text_column=data_args.caption_column,
-        encoding=data_args.train_file_encoding,
-        skip_bad_lines=data_args.skip_bad_lines,
-    )
+    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
     with training_args.main_process_first(desc="preparing the corpus"):
         train_dataset, cleaning = prepare_training_dataset(
             corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
         )
-    if training_args.process_index == 0:
-        # At any log level: what cleaning dropped, truncated or found repeated is never silent.
+    if training_args.process_index == 0:  # at any log level: what cleaning dropped is never silent
         print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
-
-    if (
-        model_args.lora_r
-    ):  # LoRA: adapters in the decoder; the adapter names the folder of the model it adapts
-        from modeling_capdec.training.lora import lora_from_arguments
-
+    if model_args.lora_r:  # adapters in the decoder; the adapter names the folder of the model it adapts
         model = lora_from_arguments(
             model, processor, model_args, training_args.output_dir, save=training_args.should_save
         )
@@ -120,13 +89,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     finish_run(trainer, result, model_args, data_args, cleaning, eval_set)
     if model_args.merge_lora and training_args.should_save:
-        from modeling_capdec.training.lora import MERGED_FOLDER_NAME, merge_lora
-
-        merged_dir = Path(training_args.output_dir, MERGED_FOLDER_NAME)
-        merge_lora(trainer.model, processor, merged_dir)
-        shutil.copy(
-            Path(training_args.output_dir, "README.md"), merged_dir / "README.md"
-        )  # the run's model card
+        merge_after_run(trainer, processor, training_args.output_dir)
     return trainer
 
 

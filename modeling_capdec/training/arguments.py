@@ -228,6 +228,17 @@ class DataArguments:
         """The eval set, if any (`evaluation.eval_sets.load_eval_set`)."""
         return self.eval_file or self.eval_dataset_dir
 
+    def source_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `training.data.load_dataset_source` for the training corpus (besides it)."""
+        return {
+            "config_name": self.dataset_config,
+            "split": self.train_split,
+            "cache_dir": self.cache_dir,
+            "text_column": self.caption_column,
+            "encoding": self.train_file_encoding,
+            "skip_bad_lines": self.skip_bad_lines,
+        }
+
     def preparation_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `training.data.prepare_training_dataset`."""
         return {

@@ -189,6 +189,16 @@ def lora_from_arguments(
     )
 
 
+def merge_after_run(trainer: Any, processor: Any, output_dir: str | os.PathLike) -> Path:
+    """`--merge_lora`: write `output_dir/merged/`, the adapters merged into a plain Hub folder, with the run's card."""
+    merged_dir = Path(output_dir, MERGED_FOLDER_NAME)
+    merge_lora(trainer.model, processor, merged_dir)
+    card = Path(output_dir, "README.md")
+    if card.exists():
+        (merged_dir / "README.md").write_text(card.read_text(encoding="utf-8"), encoding="utf-8")
+    return merged_dir
+
+
 def save_lora_code(lora_model: Any, output_dir: str | os.PathLike) -> None:
     """Copy the model's code files (configuration, modeling, processing, pipeline) beside a saved adapter, as a
     plain `save_pretrained` does, so an adapter folder pushed to the Hub carries the code it was trained with.

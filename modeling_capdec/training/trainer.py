@@ -455,6 +455,26 @@ def checkpoint_to_resume(training_args: Any) -> str | None:
     return checkpoint
 
 
+def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: Any) -> CapDecDataCollator:
+    """The run's collator (the one place noise is drawn; its settings are checked here, in seconds), and the noise
+    recorded in the model's config as `training_noise` (metadata for config.json and the model card)."""
+    offset_file = training_args.modality_offset_file
+    collator = CapDecDataCollator(
+        processor,
+        noise_variance=training_args.noise_variance if data_args.mode == "text" else 0.0,
+        noise_type=training_args.noise_type,
+        modality_offset=load_modality_offset(offset_file, model.config.clip_projection_dim)
+        if offset_file
+        else None,
+        mode=data_args.mode,
+        embed_on_the_fly=data_args.embed_on_the_fly,
+        seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
+        pad_to_multiple_of=data_args.pad_to_multiple_of,
+    )
+    model.config.training_noise = collator.settings()
+    return collator
+
+
 def finish_run(
     trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
 ) -> None:
@@ -513,6 +533,7 @@ def finish_run(
 __all__ = [
     "CapDecNoiseCallback",
     "CapDecTrainer",
+    "collator_for_run",
     "NonFiniteGuardCallback",
     "NonFiniteTrainingError",
     "check_run_arguments",
