@@ -687,26 +687,18 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             clip_attention_mask=clip_attention_mask,
             clip_embeds=clip_embeds,
         )
-        decoder_embeds, decoder_mask = self._prepend_prefix(
-            prefix_embeds, input_ids, inputs_embeds, attention_mask
+        decoder_embeds, decoder_mask, position_ids = self._prepend_prefix(
+            prefix_embeds, input_ids, inputs_embeds, attention_mask, position_ids
         )
-        prefix_length = prefix_embeds.shape[1]
-        if position_ids is not None:
-            # Caption positions count from the first caption token; the prefix comes first.
-            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(
-                position_ids.shape[0], -1
-            )
-            position_ids = torch.cat([prefix_positions, position_ids + prefix_length], dim=-1)
         if labels is not None:
-            seq_len = decoder_embeds.shape[1] - prefix_length
-            if labels.shape != (decoder_embeds.shape[0], seq_len):
+            caption_shape = (decoder_embeds.shape[0], decoder_embeds.shape[1] - prefix_embeds.shape[1])
+            if labels.shape != caption_shape:
                 raise ValueError(
-                    f"labels must have the caption's shape {(decoder_embeds.shape[0], seq_len)}, got "
-                    f"{tuple(labels.shape)}."
+                    f"labels must have the caption's shape {caption_shape}, got {tuple(labels.shape)}."
                 )
             # Position prefix_length - 1 + i predicts caption token i: project only those seq_len positions
             # (plus the last, dropped) to the vocabulary, never the prefix.
-            logits_to_keep = seq_len + 1
+            logits_to_keep = caption_shape[1] + 1
         outputs = self.decoder(
             inputs_embeds=decoder_embeds,
             attention_mask=decoder_mask,
@@ -750,9 +742,11 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor | None,
         inputs_embeds: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decoder's input `(batch, prefix_length + seq_len, hidden)` and its mask (the prefix is always
-        attended)."""
+        position_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The decoder's input `(batch, prefix_length + seq_len, hidden)`, its mask (the prefix is always attended)
+        and, when caption `position_ids` are given, the positions of the whole input (the caption's count from its
+        first token; the prefix comes first)."""
         batch, prefix_length, _ = prefix_embeds.shape
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("Pass input_ids or inputs_embeds for the caption, not both.")
@@ -766,7 +760,12 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones(
                 batch, inputs_embeds.shape[1], dtype=torch.long, device=decoder_embeds.device
             )
-        return decoder_embeds, torch.cat([prefix_mask, attention_mask.to(prefix_mask)], dim=1)
+        if position_ids is not None:
+            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(
+                position_ids.shape[0], -1
+            )
+            position_ids = torch.cat([prefix_positions, position_ids + prefix_length], dim=-1)
+        return decoder_embeds, torch.cat([prefix_mask, attention_mask.to(prefix_mask)], dim=1), position_ids
 
     @staticmethod
     def _caption_loss(
@@ -882,48 +881,30 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             clip_attention_mask=clip_attention_mask,
             clip_embeds=clip_embeds,
         )
-        batch, prefix_length, _ = prefix_embeds.shape
-        inputs_embeds = prefix_embeds
-        decoder_mask = torch.ones(batch, prefix_length, dtype=torch.long, device=prefix_embeds.device)
         has_prompt = input_ids is not None and input_ids.shape[-1] > 0
         if has_prompt:
             self._check_token_ids(input_ids)
             input_ids = input_ids.to(prefix_embeds.device)
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            prompt_embeds = self.get_input_embeddings()(input_ids).to(prefix_embeds.dtype)
-            inputs_embeds = torch.cat([prefix_embeds, prompt_embeds], dim=1)
-            decoder_mask = torch.cat([decoder_mask, attention_mask.to(decoder_mask)], dim=1)
         position_ids = generate_kwargs.pop("position_ids", None)
+        # generate drives the decoder from inputs_embeds (prefix + prompt): the same input forward builds.
+        inputs_embeds, decoder_mask, position_ids = self._prepend_prefix(
+            prefix_embeds,
+            input_ids if has_prompt else None,
+            None,
+            attention_mask if has_prompt else None,
+            position_ids.to(prefix_embeds.device) if position_ids is not None else None,
+        )
         if position_ids is not None:
-            # generate drives the decoder from inputs_embeds (prefix + prompt): give it decoder positions.
-            position_ids = position_ids.to(prefix_embeds.device)
-            prefix_positions = torch.arange(prefix_length, device=position_ids.device).expand(batch, -1)
-            generate_kwargs["position_ids"] = torch.cat(
-                [prefix_positions, position_ids + prefix_length], dim=-1
-            )
+            generate_kwargs["position_ids"] = position_ids
         self._fit_length_to_positions(inputs_embeds.shape[1], generate_kwargs)
         if generate_kwargs.get("assistant_model") is not None:
-            # Assisted decoding sizes the assistant's cache and checks candidates by input_ids: give generate one
-            # placeholder id per prefix position (never embedded: prepare_inputs_for_generation feeds the prefix
-            # embeddings instead) and the prompt, so that input_ids and the cache have the same length.
-            placeholders = torch.full(
-                (batch, prefix_length),
-                self.generation_config.pad_token_id or 0,
-                dtype=torch.long,
-                device=prefix_embeds.device,
+            return self._assisted_generate(
+                inputs_embeds,
+                decoder_mask,
+                prefix_embeds.shape[1],
+                input_ids if has_prompt else None,
+                generate_kwargs,
             )
-            decoder_ids = torch.cat([placeholders, input_ids], dim=1) if has_prompt else placeholders
-            output = super().generate(
-                input_ids=decoder_ids,
-                inputs_embeds=inputs_embeds,
-                attention_mask=decoder_mask,
-                **generate_kwargs,
-            )
-            if isinstance(output, torch.Tensor):
-                return output[:, prefix_length:]
-            output.sequences = output.sequences[:, prefix_length:]
-            return output
         # From inputs_embeds alone, GenerationMixin returns only the newly generated tokens.
         output = super().generate(inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs)
         if not has_prompt:
@@ -934,6 +915,33 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         if isinstance(output, torch.Tensor):
             return sequences
         output.sequences = sequences
+        return output
+
+    def _assisted_generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        decoder_mask: torch.Tensor,
+        prefix_length: int,
+        prompt_ids: torch.Tensor | None,
+        generate_kwargs: dict,
+    ):
+        """Assisted decoding sizes the assistant's cache and checks candidates by input_ids: give generate one
+        placeholder id per prefix position (never embedded: prepare_inputs_for_generation feeds the prefix
+        embeddings instead) and the prompt, so that input_ids and the cache have the same length. Returns what
+        `generate` returns, without the placeholders."""
+        placeholders = torch.full(
+            (inputs_embeds.shape[0], prefix_length),
+            self.generation_config.pad_token_id or 0,
+            dtype=torch.long,
+            device=inputs_embeds.device,
+        )
+        decoder_ids = torch.cat([placeholders, prompt_ids], dim=1) if prompt_ids is not None else placeholders
+        output = super().generate(
+            input_ids=decoder_ids, inputs_embeds=inputs_embeds, attention_mask=decoder_mask, **generate_kwargs
+        )
+        if isinstance(output, torch.Tensor):
+            return output[:, prefix_length:]
+        output.sequences = output.sequences[:, prefix_length:]
         return output
 
     def _check_generate_arguments(
