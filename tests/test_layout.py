@@ -94,16 +94,20 @@ def installed(tmp_path_factory) -> Path:
     return target
 
 
-@pytest.mark.parametrize("command", ["capdec-train", "capdec-evaluate"])
-def test_installed_commands_print_their_help(installed, command, tmp_path):
-    result = subprocess.run(
+def _run_installed(installed: Path, command: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [str(installed / "bin" / command), "--help"],
-        cwd=tmp_path,  # outside the checkout: only the installed copy can be imported
+        cwd=cwd,  # outside the checkout: only the installed copy can be imported
         env={**os.environ, "PYTHONPATH": str(installed)},
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.parametrize("command", ["capdec-train", "capdec-evaluate"])
+def test_installed_commands_print_their_help(installed, command, tmp_path):
+    result = _run_installed(installed, command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"usage: {command} [RECIPE{{.json,.yaml,.yml}}]" in result.stdout
     assert "--output_dir" in result.stdout or "--eval_file" in result.stdout
@@ -119,14 +123,7 @@ def test_checkout_scripts_print_their_help(script):
 
 
 def test_installed_app_command_prints_its_help(installed, tmp_path):
-    result = subprocess.run(
-        [str(installed / "bin" / "capdec-app"), "--help"],
-        cwd=tmp_path,  # outside the checkout: only the installed copy can be imported
-        env={**os.environ, "PYTHONPATH": str(installed)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _run_installed(installed, "capdec-app", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("usage: capdec-app") and "--model" in result.stdout
 
