@@ -871,6 +871,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                 "generate builds inputs_embeds itself from the CLIP input; pass one or the other."
             )
         generate_kwargs.pop("token_type_ids", None)
+        original_beam_search = generate_kwargs.pop("original_beam_search", False)
         # `cache` is the v5 name; `past_key_values`, the older one, is accepted as well.
         if "past_key_values" in generate_kwargs:
             generate_kwargs["cache"] = generate_kwargs.pop("past_key_values")
@@ -882,6 +883,12 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             clip_embeds=clip_embeds,
         )
         has_prompt = input_ids is not None and input_ids.shape[-1] > 0
+        if original_beam_search:
+            if has_prompt:
+                raise ValueError(
+                    "original_beam_search captions from the CLIP prefix alone: pass no input_ids."
+                )
+            return self._original_beam_search(prefix_embeds, generate_kwargs)
         if has_prompt:
             self._check_token_ids(input_ids)
             input_ids = input_ids.to(prefix_embeds.device)
@@ -916,6 +923,89 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             return sequences
         output.sequences = sequences
         return output
+
+    def _original_beam_search(self, prefix_embeds: torch.Tensor, generate_kwargs: dict) -> torch.LongTensor:
+        """The authors' beam search (CapDec/ClipCap), token for token, batched over images and with the KV cache.
+
+        Unlike transformers' beam search, finished hypotheses stay in the beam slots (extended by a free token 0
+        that the length does not count), every hypothesis is ranked by its average log-probability (sum / length)
+        at each step, an image stops only when all its beams have emitted the stop token (the generation config's
+        eos, "." for converted checkpoints, kept) or after `max_new_tokens` (67 by default), and the best average
+        wins. `num_beams=1` is the authors' greedy loop. Returns `(batch, tokens)` ids padded with the pad id.
+
+        Example:
+
+        ```python
+        >>> ids = model.generate(**processor(images=images, return_tensors="pt"), original_beam_search=True, num_beams=5)
+        ```
+        """
+        config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
+        unused = config.update(**generate_kwargs)
+        unsupported = sorted(unused) + [
+            name
+            for name, given in (
+                ("do_sample", config.do_sample),
+                ("num_return_sequences", (config.num_return_sequences or 1) > 1),
+                ("return_dict_in_generate", config.return_dict_in_generate),
+            )
+            if given
+        ]
+        if unsupported:
+            raise ValueError(f"original_beam_search does not support {unsupported}.")
+        if config.eos_token_id is None:
+            raise ValueError(
+                'original_beam_search needs a stop token: set eos_token_id ("." in the original).'
+            )
+        device = prefix_embeds.device
+        stop_ids = torch.tensor(config.eos_token_id, device=device).reshape(-1)
+        pad_id = config.pad_token_id if config.pad_token_id is not None else int(stop_ids[0])
+        max_new_tokens = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        positions = self._decoder_positions()
+        if positions:
+            max_new_tokens = min(max_new_tokens, positions - prefix_embeds.shape[1])
+        batch, beams = prefix_embeds.shape[0], config.num_beams or 1
+
+        # Every beam row reads the prefix once; the first step ranks one row per image (all rows are alike).
+        output = self.decoder(inputs_embeds=prefix_embeds.repeat_interleave(beams, dim=0), use_cache=True)
+        cache = output.cache
+        # softmax().log() rather than log_softmax: the same rounding as the original, so the same ties break.
+        log_probs = output.logits[::beams, -1].softmax(-1).log()
+        scores, tokens = log_probs.topk(beams, dim=-1)
+        scores, tokens = scores.reshape(-1), tokens.reshape(-1, 1)
+        lengths = torch.ones_like(scores)
+        stopped = torch.isin(tokens[:, 0], stop_ids)
+        rows = torch.arange(batch * beams, device=device).view(batch, beams)
+        for _ in range(max_new_tokens - 1):
+            image_done = stopped.view(batch, beams).all(dim=1)
+            if image_done.all():
+                break
+            log_probs = self.decoder(input_ids=tokens[:, -1:], cache=cache, use_cache=True).logits[:, -1]
+            log_probs = log_probs.softmax(-1).log()
+            vocab = log_probs.shape[-1]
+            # A finished hypothesis competes with its score unchanged: only token 0, free and not counted.
+            log_probs[stopped] = -math.inf
+            log_probs[stopped, 0] = 0.0
+            totals = scores[:, None] + log_probs
+            lengths = lengths + (~stopped).to(lengths.dtype)
+            averages = totals / lengths[:, None]
+            best, flat = averages.view(batch, beams * vocab).topk(beams, dim=-1)
+            source = (flat // vocab + rows[:, :1]).reshape(-1)
+            new_tokens = (flat % vocab).reshape(-1)
+            # Images whose beams have all ended keep their state, as the original stops looping for them.
+            done_rows = image_done.repeat_interleave(beams)
+            source = torch.where(done_rows, rows.reshape(-1), source)
+            new_tokens = torch.where(done_rows, torch.zeros_like(new_tokens), new_tokens)
+            lengths = lengths[source]
+            scores = torch.where(done_rows, scores, best.reshape(-1) * lengths)
+            stopped = stopped[source] | torch.isin(new_tokens, stop_ids)
+            tokens = torch.cat([tokens[source], new_tokens[:, None]], dim=1)
+            cache.reorder_cache(source)
+        winners = (scores / lengths).view(batch, beams).argmax(dim=1) + rows[:, 0]
+        caption_lengths = lengths[winners].long()
+        captions = torch.full((batch, int(caption_lengths.max())), pad_id, dtype=torch.long, device=device)
+        for index, (row, length) in enumerate(zip(winners.tolist(), caption_lengths.tolist(), strict=True)):
+            captions[index, :length] = tokens[row, :length]
+        return captions
 
     def _assisted_generate(
         self,
