@@ -163,3 +163,24 @@ def test_missing_keys_are_named(tmp_path, processor, parts):
     torch.save(state_dict, checkpoint)
     with pytest.raises(ValueError, match=r"missing \['clip_project.transformer.layers.1.norm2.weight'\]"):
         convert_original_checkpoint(checkpoint, tmp_path / "out", *parts, num_mapping_heads=4)
+
+
+def test_readme_convert_commands_parse():
+    """The README's `capdec-convert-original` lines parse with today's flags (tests/test_readme.py covers the
+    other commands)."""
+    from pathlib import Path
+
+    from modeling_capdec.commands.recipes import parse_recipe_and_args
+    from modeling_capdec.convert.original import ConvertArguments
+    from tests.test_readme import _blocks, _command_lines
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    commands = [
+        command
+        for block in _blocks(readme, "bash")
+        for command in _command_lines(block)
+        if command[:1] == ["capdec-convert-original"]
+    ]
+    assert len(commands) >= 2
+    for command in commands:
+        parse_recipe_and_args((ConvertArguments,), command[1:])
