@@ -184,3 +184,14 @@ def test_readme_convert_commands_parse():
     assert len(commands) >= 2
     for command in commands:
         parse_recipe_and_args((ConvertArguments,), command[1:])
+
+
+def test_command_prints_its_help(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["capdec-convert-original", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("modeling_capdec.convert.original", run_name="__main__", alter_sys=True)
+    assert exit_info.value.code in (0, None)
+    assert "--checkpoint" in capsys.readouterr().out
