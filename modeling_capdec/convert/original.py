@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec.commands.recipes import parse_recipe_and_args
 
 # GPT-2 causal-mask buffers that older transformers wrote into state dicts; today's GPT-2 builds them itself.
 STALE_BUFFER = re.compile(r"^gpt\.transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
@@ -268,8 +269,6 @@ def _load_strictly(
 
 def main(argv: list[str] | None = None) -> None:
     """`capdec-convert-original --checkpoint FILE.pt --output_dir DIR [--clip_model ...] [--decoder_model ...]`."""
-    from modeling_capdec.commands.recipes import parse_recipe_and_args
-
     (args,) = parse_recipe_and_args((ConvertArguments,), argv, description=__doc__)
     convert_original_checkpoint(
         args.checkpoint,
