@@ -22,6 +22,7 @@ import torch
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
 from modeling_capdec.commands.recipes import parse_recipe_and_args
+from modeling_capdec.convert.open_clip import resolve_clip_model
 
 # GPT-2 causal-mask buffers that older transformers wrote into state dicts; today's GPT-2 builds them itself.
 STALE_BUFFER = re.compile(r"^gpt\.transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
@@ -51,7 +52,11 @@ class ConvertArguments:
         metadata={"help": "The run's saved {prefix}.json arguments (optional; else shapes decide)."},
     )
     clip_model: str = field(
-        default="openai/clip-vit-base-patch32", metadata={"help": "CLIP: a Hub name or a local folder."}
+        default="openai/clip-vit-base-patch32",
+        metadata={
+            "help": "CLIP: a Hub name or a local folder; the paper's RN50x4 is open_clip's "
+            "timm/resnet50x4_clip.openai (converted once, cached)."
+        },
     )
     decoder_model: str = field(default="gpt2", metadata={"help": "The decoder: `gpt2` or a local folder."})
     num_mapping_heads: int = field(
@@ -216,6 +221,9 @@ def convert_original_checkpoint(
         settings["num_mapping_heads"] = num_mapping_heads
 
     weights = rename_original_keys(original)
+    clip_model = resolve_clip_model(
+        clip_model
+    )  # an open_clip checkpoint (the paper's RN50x4) is converted first
     model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(clip_model, decoder_model, **settings)
     if model.config.clip_projection_dim != clip_width:
         raise ValueError(
