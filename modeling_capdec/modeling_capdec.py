@@ -6,6 +6,7 @@ The module layout mirrors the paper's code so its checkpoints map one-to-one:
 """
 
 import copy
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -156,6 +157,10 @@ def _clip_from_config(clip_config) -> PreTrainedModel:
     if getattr(clip_config, "model_type", None) == CLIPResNetConfig.model_type:
         return CLIPResNetModel._from_config(clip_config)
     return AutoModel.from_config(clip_config)
+
+
+# Image inputs of CLIP-likes that embed patch sequences (SigLIP 2's NaFlex) rather than fixed-size images.
+_PATCH_SEQUENCE_INPUTS = ("pixel_attention_mask", "spatial_shapes")
 
 
 class CapDecMLPMapper(nn.Module):
@@ -542,8 +547,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         """CLIP's image features (transformers 5's name): CLIP's own output object, whose `pooler_output`
         `(batch, clip_projection_dim)` is the projected, not normalised, image embedding. Keyword arguments
         (`output_hidden_states`, ...) go to CLIP."""
+        needs = [
+            name
+            for name in _PATCH_SEQUENCE_INPUTS
+            if name in self._clip_image_parameters() and name not in kwargs
+        ]
+        if needs:
+            # SigLIP 2's Siglip2Model (NaFlex) embeds patch sequences of varying size; CapDec passes images only.
+            raise ValueError(
+                f"{type(self.clip).__name__} embeds images as patch sequences with {' and '.join(needs)}, which "
+                "CapDec's prefix path does not pass: use a fixed-resolution CLIP-like model (CLIP, SigLIP or "
+                "SigLIP 2 checkpoints that load as SiglipModel, the CLIP ResNets)."
+            )
         pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
         return self.clip.get_image_features(pixel_values=pixel_values, **kwargs)
+
+    def _clip_image_parameters(self) -> set[str]:
+        return set(inspect.signature(self.clip.get_image_features).parameters)
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
