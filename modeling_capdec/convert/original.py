@@ -176,11 +176,29 @@ def infer_mapping_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def read_original_arguments(path: str | Path) -> dict[str, Any]:
-    """The CapDecConfig fields set by an original run's `{prefix}.json` (its other fields are ignored)."""
+    """The CapDecConfig fields set by an original run's arguments, a JSON object: ClipCap's `{prefix}.json` or
+    CapDec's `commandline_args.txt` (its other fields are ignored). CapDec's `dont_norm` sets `normalize_prefix`.
+
+    Example:
+
+    ```python
+    >>> read_original_arguments("commandline_args.txt")  # doctest: +SKIP
+    {'prefix_length': 40, 'clip_length': 40, 'num_mapping_layers': 8, 'normalize_prefix': True}
+    ```
+    """
     arguments = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(arguments, dict):
         raise ValueError(f"{path} must hold the run's arguments as a JSON object.")
-    return {ours: arguments[theirs] for theirs, ours in JSON_FIELDS.items() if theirs in arguments}
+    settings = {ours: arguments[theirs] for theirs, ours in JSON_FIELDS.items() if theirs in arguments}
+    if "dont_norm" in arguments:  # CapDec's train.py: --dont_norm trains on unnormalised embeddings
+        normalize = not arguments["dont_norm"]
+        if settings.get("normalize_prefix", normalize) != normalize:
+            raise ValueError(
+                f"{path} says both dont_norm={arguments['dont_norm']!r} and "
+                f"normalize_prefix={settings['normalize_prefix']!r}."
+            )
+        settings["normalize_prefix"] = normalize
+    return settings
 
 
 def convert_original_checkpoint(
