@@ -66,21 +66,12 @@ def load_open_clip_modified_resnet() -> types.ModuleType:
     return sys.modules[f"{package_name}.modified_resnet"]
 
 
-def open_clip_resnet(model_cfg: dict, seed: int = 0) -> nn.Module:
-    """open_clip's `ModifiedResNet` for `model_cfg`, with random weights and batch-norm statistics of a trained
-    net's scale (OpenAI's init zeroes each block's last batch norm, which would hide the residual branches)."""
-    vision = model_cfg["vision_cfg"]
-    module = load_open_clip_modified_resnet()
-    reference = module.ModifiedResNet(
-        layers=vision["layers"],
-        output_dim=model_cfg["embed_dim"],
-        heads=vision["width"] * 32 // vision.get("head_width", 64),
-        image_size=vision["image_size"],
-        width=vision["width"],
-    )
+def randomize_like_a_trained_resnet(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights and batch-norm statistics of a trained net's scale, in place (OpenAI's init zeroes each block's
+    last batch norm, which would hide the residual branches); returns the module in eval mode."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, tensor in reference.state_dict().items():
+        for name, tensor in module.state_dict().items():
             if name.endswith("num_batches_tracked"):
                 continue
             if name.endswith("running_var"):
@@ -91,9 +82,24 @@ def open_clip_resnet(model_cfg: dict, seed: int = 0) -> nn.Module:
             elif tensor.dim() == 1:  # batch-norm scales
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.5 + 0.5)
             else:  # He-scaled weights keep activations of order one through many blocks
-                fan_in = tensor[0].numel() if tensor.dim() > 1 else tensor.shape[-1]
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * math.sqrt(1.0 / fan_in))
-    return reference.eval()
+                tensor.copy_(
+                    torch.randn(tensor.shape, generator=generator) * math.sqrt(1.0 / tensor[0].numel())
+                )
+    return module.eval()
+
+
+def open_clip_resnet(model_cfg: dict, seed: int = 0) -> nn.Module:
+    """open_clip's `ModifiedResNet` for `model_cfg`, with random weights (`randomize_like_a_trained_resnet`)."""
+    vision = model_cfg["vision_cfg"]
+    module = load_open_clip_modified_resnet()
+    reference = module.ModifiedResNet(
+        layers=vision["layers"],
+        output_dim=model_cfg["embed_dim"],
+        heads=vision["width"] * 32 // vision.get("head_width", 64),
+        image_size=vision["image_size"],
+        width=vision["width"],
+    )
+    return randomize_like_a_trained_resnet(reference, seed)
 
 
 def openai_text_state_dict(model_cfg: dict, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -170,15 +176,27 @@ def openai_text_features(
 
 
 def write_open_clip_folder(
-    folder: Path, model_cfg: dict = TINY_MODEL_CFG, preprocess_cfg: dict | None = None, clip_tokenizer=None
+    folder: Path,
+    model_cfg: dict = TINY_MODEL_CFG,
+    preprocess_cfg: dict | None = None,
+    clip_tokenizer=None,
+    with_open_clip: bool = True,
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A folder laid out as open_clip's Hub repos (`open_clip_config.json`, `open_clip_model.safetensors`) with
     random weights, plus `clip_tokenizer`'s files if given (the tests have no Hub to take CLIP's from); returns
-    open_clip's image tower holding the weights and the whole state dict."""
+    open_clip's image tower holding the weights (this package's, with `with_open_clip=False`) and the whole state
+    dict."""
     folder.mkdir(parents=True, exist_ok=True)
     if clip_tokenizer is not None:
         clip_tokenizer.save_pretrained(folder)
-    reference = open_clip_resnet(model_cfg)
+    if with_open_clip:
+        reference = open_clip_resnet(model_cfg)
+    else:  # the same module names and weights, from this package's tower (no fetched open_clip needed)
+        from modeling_capdec.convert.open_clip import clip_resnet_config_from_open_clip
+        from modeling_capdec.modeling_capdec import CLIPResNetVisionModel
+
+        config = clip_resnet_config_from_open_clip(model_cfg).vision_config
+        reference = randomize_like_a_trained_resnet(CLIPResNetVisionModel(config))
     state_dict = {"visual." + key: value.clone() for key, value in reference.state_dict().items()}
     state_dict |= openai_text_state_dict(model_cfg)
     save_file(state_dict, folder / "open_clip_model.safetensors")
