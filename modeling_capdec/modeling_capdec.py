@@ -1345,7 +1345,7 @@ class CLIPResNetModel(CLIPResNetPreTrainedModel):
     >>> from modeling_capdec.modeling_capdec import CLIPResNetModel
     >>> config = CLIPResNetConfig(
     ...     text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-    ...                  "num_attention_heads": 2, "max_position_embeddings": 16},
+    ...                  "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1},
     ...     vision_config={"layers": [1, 1, 1, 1], "width": 8, "image_size": 64, "num_attention_heads": 4,
     ...                    "output_dim": 16},
     ...     projection_dim=16)

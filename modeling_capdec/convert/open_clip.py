@@ -292,8 +292,9 @@ def image_processor_from_open_clip(open_clip_config: dict[str, Any]) -> CLIPImag
     Example:
 
     ```python
-    >>> image_processor_from_open_clip({"model_cfg": {"vision_cfg": {"image_size": 288}}}).crop_size
-    {'height': 288, 'width': 288}
+    >>> processor = image_processor_from_open_clip({"model_cfg": {"vision_cfg": {"image_size": 288}}})
+    >>> processor.size.shortest_edge, processor.crop_size.height, processor.crop_size.width
+    (288, 288, 288)
     ```
     """
     preprocess = open_clip_config.get("preprocess_cfg") or {}
