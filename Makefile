@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 UPSTREAM_TESTS := tests/transformers_upstream/.version
+OPEN_CLIP_REFERENCE := tests/open_clip_upstream/.version
 
 .PHONY: demo demo-full test lint env browser app
 # Root installs directly (CI); anyone else goes through sudo.
@@ -35,7 +36,11 @@ browser:
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
-test: $(STAMP) $(UPSTREAM_TESTS) browser
+# open_clip's ModifiedResNet, the reference of the CLIP ResNet test (open_clip itself needs torchvision): from its wheel.
+$(OPEN_CLIP_REFERENCE): $(STAMP)
+	$(PY) tests/open_clip_upstream/fetch.py
+
+test: $(STAMP) $(UPSTREAM_TESTS) $(OPEN_CLIP_REFERENCE) browser
 	$(PY) -m pytest -q $(ARGS)
 
 # The web demo on the model `make demo` trained (ARGS="--model DIR" for another).

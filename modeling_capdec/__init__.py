@@ -18,8 +18,14 @@ from typing import Any
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-from .configuration_capdec import CapDecConfig
-from .modeling_capdec import CapDecForConditionalGeneration, CapDecOutput, CapDecPreTrainedModel
+from .configuration_capdec import CapDecConfig, CLIPResNetConfig, CLIPResNetVisionConfig
+from .modeling_capdec import (
+    CapDecForConditionalGeneration,
+    CapDecOutput,
+    CapDecPreTrainedModel,
+    CLIPResNetModel,
+    CLIPResNetVisionModel,
+)
 from .pipeline_capdec import CapDecImageToTextPipeline
 from .processing_capdec import (
     CapDecProcessor,
@@ -33,6 +39,9 @@ AutoConfig.register(CapDecConfig.model_type, CapDecConfig, exist_ok=True)
 AutoModel.register(CapDecConfig, CapDecForConditionalGeneration, exist_ok=True)
 AutoModelForImageTextToText.register(CapDecConfig, CapDecForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(CapDecConfig, CapDecProcessor, exist_ok=True)
+# OpenAI's CLIP ResNets (the paper's RN50x4); their configs register with AutoConfig in configuration_capdec.py.
+AutoModel.register(CLIPResNetConfig, CLIPResNetModel, exist_ok=True)
+AutoModel.register(CLIPResNetVisionConfig, CLIPResNetVisionModel, exist_ok=True)
 
 # Names of the training and evaluation layers, imported on first access (PEP 562).
 _LAZY_NAMES = {
@@ -72,6 +81,10 @@ __all__ = [
     "CapDecOutput",
     "CapDecPreTrainedModel",
     "CapDecProcessor",
+    "CLIPResNetConfig",
+    "CLIPResNetModel",
+    "CLIPResNetVisionConfig",
+    "CLIPResNetVisionModel",
     "ImageLoadError",
     "check_processor_matches_model",
     "load_image",

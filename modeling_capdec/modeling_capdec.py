@@ -6,6 +6,7 @@ The module layout mirrors the paper's code so its checkpoints map one-to-one:
 """
 
 import copy
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -17,17 +18,20 @@ from torch import nn
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    CLIPTextModel,
     GenerationConfig,
     GenerationMixin,
     PreTrainedModel,
 )
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling, BaseModelOutputWithPoolingAndNoAttention
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.clip.modeling_clip import CLIPOutput
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_capdec import CapDecConfig
+from .configuration_capdec import CapDecConfig, CLIPResNetConfig, CLIPResNetVisionConfig
 
 logger = logging.get_logger(__name__)
 
@@ -144,6 +148,19 @@ def _raise_if_unreadable_weights(path, subfolder: str, error: Exception) -> None
         raise OSError(
             f"Cannot read the weights file {weights}: {read_error}. Is it truncated or corrupted?"
         ) from error
+
+
+def _clip_from_config(clip_config) -> PreTrainedModel:
+    """A random CLIP of this config. The ResNet CLIP is built by model type, not through AutoModel: under
+    trust_remote_code the config may be an instance of another copy of `CLIPResNetConfig` (each auto_map entry
+    loads its own), and AutoModel matches registered config classes by identity."""
+    if getattr(clip_config, "model_type", None) == CLIPResNetConfig.model_type:
+        return CLIPResNetModel._from_config(clip_config)
+    return AutoModel.from_config(clip_config)
+
+
+# Image inputs of CLIP-likes that embed patch sequences (SigLIP 2's NaFlex) rather than fixed-size images.
+_PATCH_SEQUENCE_INPUTS = ("pixel_attention_mask", "spatial_shapes")
 
 
 class CapDecMLPMapper(nn.Module):
@@ -366,7 +383,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         decoder: PreTrainedModel | None = None,
     ):
         super().__init__(config)
-        self.clip = clip if clip is not None else AutoModel.from_config(config.clip_config)
+        self.clip = clip if clip is not None else _clip_from_config(config.clip_config)
         self.decoder = (
             decoder if decoder is not None else AutoModelForCausalLM.from_config(config.text_config)
         )
@@ -530,8 +547,23 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         """CLIP's image features (transformers 5's name): CLIP's own output object, whose `pooler_output`
         `(batch, clip_projection_dim)` is the projected, not normalised, image embedding. Keyword arguments
         (`output_hidden_states`, ...) go to CLIP."""
+        needs = [
+            name
+            for name in _PATCH_SEQUENCE_INPUTS
+            if name in self._clip_image_parameters() and name not in kwargs
+        ]
+        if needs:
+            # SigLIP 2's Siglip2Model (NaFlex) embeds patch sequences of varying size; CapDec passes images only.
+            raise ValueError(
+                f"{type(self.clip).__name__} embeds images as patch sequences with {' and '.join(needs)}, which "
+                "CapDec's prefix path does not pass: use a fixed-resolution CLIP-like model (CLIP, SigLIP or "
+                "SigLIP 2 checkpoints that load as SiglipModel, the CLIP ResNets)."
+            )
         pixel_values = pixel_values.to(dtype=self.clip.dtype, device=self.clip.device)
         return self.clip.get_image_features(pixel_values=pixel_values, **kwargs)
+
+    def _clip_image_parameters(self) -> set[str]:
+        return set(inspect.signature(self.clip.get_image_features).parameters)
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
@@ -1093,4 +1125,306 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             generate_kwargs["max_new_tokens"] = room
 
 
-__all__ = ["CapDecForConditionalGeneration", "CapDecPreTrainedModel", "CapDecOutput"]
+# -- OpenAI CLIP ResNets (RN50, RN50x4, ...) -------------------------------------------------------------------------
+# The paper's CLIP is RN50x4, which transformers does not provide. Its text tower is transformers' CLIP text model;
+# the image tower below keeps the module names of OpenAI's checkpoints (conv1, bn1, layer1.0.conv1, downsample.0,
+# attnpool.q_proj, ...), so their `visual.*` weights load under `vision_model.*` without renaming.
+
+
+class CLIPResNetBottleneck(nn.Module):
+    """1×1 → 3×3 → (average pool when strided) → 1×1 ×4 convolutions, batch norms and ReLUs, plus a shortcut that
+    pools before its 1×1 convolution: the strided path is anti-aliased by pooling, not by a strided convolution."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1):
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride > 1 or in_channels != out_channels:
+            # Indices 0 and 1 as in OpenAI's checkpoints (their pool sits at "-1" and has no weights).
+            self.downsample_pool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_states
+        out = F.relu(self.bn1(self.conv1(hidden_states)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(self.pool(out)))
+        if self.downsample is not None:
+            shortcut = self.downsample(self.downsample_pool(hidden_states))
+        return F.relu(out + shortcut)
+
+
+class CLIPResNetAttentionPool(nn.Module):
+    """Attention pooling: the mean of the feature map, prepended to its positions (all with a learned positional
+    embedding), is the one query of a multi-head attention over them; its output, projected to `output_dim`, is the
+    image embedding."""
+
+    def __init__(self, config: CLIPResNetVisionConfig):
+        super().__init__()
+        embed_dim, grid = config.embed_dim, config.image_size // 32
+        self.num_heads = config.num_attention_heads
+        self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, embed_dim))
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, config.output_dim)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        batch, channels = feature_map.shape[:2]
+        tokens = feature_map.flatten(2).transpose(1, 2)  # (batch, positions, channels)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(tokens.dtype)
+        head_dim = channels // self.num_heads
+
+        def heads(states: torch.Tensor) -> torch.Tensor:
+            return states.view(batch, -1, self.num_heads, head_dim).transpose(1, 2)
+
+        # Only the mean token's output is used, so it is the only query (scaled by head_dim ** -0.5).
+        attended = F.scaled_dot_product_attention(
+            heads(self.q_proj(tokens[:, :1])), heads(self.k_proj(tokens)), heads(self.v_proj(tokens))
+        )
+        return self.c_proj(attended.transpose(1, 2).reshape(batch, channels))
+
+
+class CLIPResNetPreTrainedModel(PreTrainedModel):
+    config: CLIPResNetConfig
+    base_model_prefix = "clip_resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True  # the text tower's attention implementation
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, for the reason given in `CapDecPreTrainedModel.is_custom_code`: the init below uses
+        `transformers.initialization`, as the library's own models do."""
+        return False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # OpenAI's initialisation: PyTorch's conv default, attention pool weights N(0, width ** -0.5), and the last
+        # batch norm of each bottleneck scaled to zero (each block starts as its shortcut).
+        factor = getattr(self.config, "initializer_factor", 1.0)
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, CLIPResNetAttentionPool):
+            std = module.q_proj.in_features**-0.5 * factor
+            init.normal_(module.positional_embedding, std=std)
+            for linear in (module.q_proj, module.k_proj, module.v_proj, module.c_proj):
+                init.normal_(linear.weight, std=std)
+                init.zeros_(linear.bias)
+        elif isinstance(module, CLIPResNetBottleneck):
+            init.zeros_(module.bn3.weight)
+        elif isinstance(module, CLIPResNetModel):
+            init.normal_(module.text_projection.weight, std=module.text_projection.in_features**-0.5 * factor)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+
+
+class CLIPResNetVisionModel(CLIPResNetPreTrainedModel):
+    r"""
+    The image tower of OpenAI's CLIP ResNets: 3-conv stem (stride 2) and a 2× average pool, four stages of
+    bottlenecks (stages 2-4 start with stride 2), and attention pooling to `output_dim`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_capdec.configuration_capdec import CLIPResNetVisionConfig
+    >>> from modeling_capdec.modeling_capdec import CLIPResNetVisionModel
+    >>> config = CLIPResNetVisionConfig(layers=[1, 1, 1, 1], width=8, image_size=64, num_attention_heads=4, output_dim=16)
+    >>> out = CLIPResNetVisionModel(config)(torch.randn(2, 3, 64, 64))
+    >>> out.last_hidden_state.shape, out.pooler_output.shape
+    (torch.Size([2, 256, 2, 2]), torch.Size([2, 16]))
+    ```
+    """
+
+    config: CLIPResNetVisionConfig
+    input_modalities = ("image",)
+
+    def __init__(self, config: CLIPResNetVisionConfig):
+        super().__init__(config)
+        width = config.width
+        self.conv1 = nn.Conv2d(config.num_channels, width // 2, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.avgpool = nn.AvgPool2d(2)
+        in_channels = width
+        for stage, blocks in enumerate(config.layers):
+            channels = width * 2**stage
+            stage_blocks = []
+            for index in range(blocks):
+                stride = 2 if stage > 0 and index == 0 else 1
+                stage_blocks.append(CLIPResNetBottleneck(in_channels, channels, stride))
+                in_channels = channels * CLIPResNetBottleneck.expansion
+            setattr(self, f"layer{stage + 1}", nn.Sequential(*stage_blocks))
+        self.attnpool = CLIPResNetAttentionPool(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        r"""
+        Args:
+            pixel_values (`(batch, num_channels, image_size, image_size)`): normalised images.
+            output_hidden_states (`bool`): also return the stem's and each stage's feature maps.
+
+        Returns: `last_hidden_state` `(batch, width * 32, image_size / 32, image_size / 32)`, the last stage's
+        feature map, and `pooler_output` `(batch, output_dim)`, the image embedding (projected, not normalised).
+        """
+        size = self.config.image_size
+        if pixel_values.dim() != 4 or tuple(pixel_values.shape[1:]) != (self.config.num_channels, size, size):
+            raise ValueError(
+                f"pixel_values must have shape (batch, {self.config.num_channels}, {size}, {size}) for this "
+                f"CLIP ResNet (its attention pool has positions for {size}-pixel images), got "
+                f"{tuple(pixel_values.shape)}."
+            )
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        hidden = pixel_values.to(self.conv1.weight.dtype)
+        hidden = F.relu(self.bn1(self.conv1(hidden)))
+        hidden = F.relu(self.bn2(self.conv2(hidden)))
+        hidden = self.avgpool(F.relu(self.bn3(self.conv3(hidden))))
+        hidden_states = [hidden]
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            hidden = stage(hidden)
+            hidden_states.append(hidden)
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=hidden,
+            pooler_output=self.attnpool(hidden),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss: the mean of the text→image and image→text cross-entropies, pair i matching i."""
+    targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
+
+
+class CLIPResNetModel(CLIPResNetPreTrainedModel):
+    r"""
+    OpenAI's CLIP with a ResNet image tower (RN50x4, the CapDec paper's CLIP, by default): the ResNet below and
+    transformers' CLIP text transformer with a bias-free text projection. `get_image_features` and
+    `get_text_features` return output objects whose `pooler_output` `(batch, projection_dim)` is the (not normalised)
+    embedding, as transformers' `CLIPModel` does, so the model serves as CapDec's CLIP. Load OpenAI's / open_clip's
+    weights with `modeling_capdec.convert.open_clip.load_open_clip_resnet("timm/resnet50x4_clip.openai")`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from modeling_capdec.configuration_capdec import CLIPResNetConfig
+    >>> from modeling_capdec.modeling_capdec import CLIPResNetModel
+    >>> config = CLIPResNetConfig(
+    ...     text_config={"vocab_size": 50, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+    ...                  "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1},
+    ...     vision_config={"layers": [1, 1, 1, 1], "width": 8, "image_size": 64, "num_attention_heads": 4,
+    ...                    "output_dim": 16},
+    ...     projection_dim=16)
+    >>> model = CLIPResNetModel(config).eval()
+    >>> model.get_image_features(torch.randn(2, 3, 64, 64)).pooler_output.shape
+    torch.Size([2, 16])
+    >>> model.get_text_features(torch.tensor([[3, 4, 5]])).pooler_output.shape
+    torch.Size([1, 16])
+    ```
+    """
+
+    config: CLIPResNetConfig
+
+    def __init__(self, config: CLIPResNetConfig):
+        super().__init__(config)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.vision_model = CLIPResNetVisionModel._from_config(config.vision_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.post_init()
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """The text transformer's output, with `pooler_output` (the end-of-text token's state) projected to
+        `(batch, projection_dim)`."""
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            return_dict=True,
+            **kwargs,
+        )
+        outputs.pooler_output = self.text_projection(outputs.pooler_output)
+        return outputs
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, **kwargs
+    ) -> BaseModelOutputWithPoolingAndNoAttention:
+        """The ResNet's output; its `pooler_output` `(batch, projection_dim)` is already the image embedding (the
+        attention pool projects)."""
+        return self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> CLIPOutput:
+        """CLIP's image-text similarity, as transformers' `CLIPModel.forward`: `logits_per_image`
+        `(images, texts)` are the scaled cosine similarities, and `return_loss=True` adds the contrastive loss."""
+        image_outputs = self.get_image_features(pixel_values)
+        text_outputs = self.get_text_features(input_ids, attention_mask, position_ids)
+        image_embeds = F.normalize(image_outputs.pooler_output, dim=-1)
+        text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
+        logits_per_text = text_embeds @ image_embeds.t() * self.logit_scale.exp()
+        return CLIPOutput(
+            loss=_contrastive_loss(logits_per_text) if return_loss else None,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=image_outputs,
+        )
+
+
+__all__ = [
+    "CapDecForConditionalGeneration",
+    "CapDecPreTrainedModel",
+    "CapDecOutput",
+    "CLIPResNetModel",
+    "CLIPResNetPreTrainedModel",
+    "CLIPResNetVisionModel",
+]

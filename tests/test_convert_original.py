@@ -195,3 +195,23 @@ def test_command_prints_its_help(monkeypatch, capsys):
         runpy.run_module("modeling_capdec.convert.original", run_name="__main__", alter_sys=True)
     assert exit_info.value.code in (0, None)
     assert "--checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dont_norm", [False, True])
+def test_capdec_commandline_args_set_normalisation(tmp_path, processor, parts, dont_norm):
+    """CapDec's train.py writes its arguments to commandline_args.txt (JSON, without mapping_type) with `dont_norm`."""
+    source = tiny_model(processor, normalize_prefix=not dont_norm, seed=5)
+    arguments = tmp_path / "commandline_args.txt"
+    fields = {"prefix_length": 4, "prefix_length_clip": 4, "num_layers": 2, "dont_norm": dont_norm, "bs": 40}
+    arguments.write_text(json.dumps(fields, indent=2))
+    converted = convert(tmp_path, source, parts, args_json=arguments, num_mapping_heads=4)
+    assert converted.config.normalize_prefix is (not dont_norm)
+    embeds = torch.randn(2, 16) * 3
+    with torch.no_grad():
+        assert torch.equal(
+            source.get_prefix_embeds(clip_embeds=embeds), converted.get_prefix_embeds(clip_embeds=embeds)
+        )
+    fields["normalize_prefix"] = dont_norm  # contradicts dont_norm
+    arguments.write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=rf"both dont_norm={dont_norm} and normalize_prefix={dont_norm}"):
+        convert(tmp_path, source, parts, args_json=arguments, num_mapping_heads=4)

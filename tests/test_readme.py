@@ -13,6 +13,7 @@ import pytest
 
 from modeling_capdec.commands.recipes import parse_recipe_and_args
 from modeling_capdec.evaluation.arguments import EvaluateArguments
+from tests.clip_resnet_reference import TINY_MODEL_CFG, write_open_clip_folder
 from tests.tiny_models import tiny_model, tiny_processor
 from train_capdec import ARGUMENT_CLASSES
 
@@ -48,7 +49,24 @@ def hub_stand_ins(tmp_path_factory, images) -> dict[str, str]:
     processor.tokenizer.save_pretrained(root / "gpt2")
     for name, image in zip(("a.jpg", "b.png", "photo.jpg", "dog.jpg"), images, strict=False):
         image.save(root / name)
-    return {"openai/clip-vit-base-patch32": str(root / "clip"), "gpt2": str(root / "gpt2"), "root": str(root)}
+    # open_clip's RN50x4 repo: a tiny ResNet CLIP in its layout, with the tiny CLIP tokenizer's vocabulary.
+    text_cfg = {**TINY_MODEL_CFG["text_cfg"], "vocab_size": len(processor.clip_tokenizer)}
+    write_open_clip_folder(
+        root / "rn50x4",
+        {
+            **TINY_MODEL_CFG,
+            "vision_cfg": {**TINY_MODEL_CFG["vision_cfg"], "image_size": 32},
+            "text_cfg": text_cfg,
+        },
+        clip_tokenizer=processor.clip_tokenizer,
+        with_open_clip=False,
+    )
+    return {
+        "openai/clip-vit-base-patch32": str(root / "clip"),
+        "gpt2": str(root / "gpt2"),
+        "timm/resnet50x4_clip.openai": str(root / "rn50x4"),
+        "root": str(root),
+    }
 
 
 def test_readme_python_blocks_run(hub_stand_ins):
@@ -56,12 +74,18 @@ def test_readme_python_blocks_run(hub_stand_ins):
     blocks = _blocks(REPO / "README.md", "python")
     assert blocks
     code = "\n".join(blocks)
-    for hub_name in ("openai/clip-vit-base-patch32", "gpt2"):
+    for hub_name in ("openai/clip-vit-base-patch32", "gpt2", "timm/resnet50x4_clip.openai"):
         code = code.replace(f'"{hub_name}"', json.dumps(hub_stand_ins[hub_name]))
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=hub_stand_ins["root"],  # relative paths of the examples ("out", "a.jpg") land here
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)},
+        # HF_HOME: where the RN50x4 stand-in is converted, not the user's cache.
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONPATH": str(REPO),
+            "HF_HOME": str(Path(hub_stand_ins["root"]) / "hf_home"),
+        },
         capture_output=True,
         text=True,
         timeout=600,

@@ -238,17 +238,27 @@ def test_recipes_parse():
         "flickrstyle_romantic",
         "flickrstyle_humorous",
     }
-    assert paper_runs <= {recipe.stem for recipe in recipes}
+    assert paper_runs | {f"{run}_vit_b32" for run in paper_runs} <= {recipe.stem for recipe in recipes}
     for recipe in recipes:  # every recipe in the folder, also those of other tools (demo)
         parse_arguments([str(recipe)])
     model_args, data_args, args = parse_arguments(
         [str(REPO / "configuration" / "coco_text_only.json"), "--max_steps", "3"]
     )
     assert (model_args.clip_model, model_args.decoder_model, model_args.mapping_type) == (
-        "openai/clip-vit-base-patch32",
+        "timm/resnet50x4_clip.openai",  # the paper's CLIP, RN50x4
         "gpt2",
         "transformer",
     )
+    for run in paper_runs:  # each paper run and its ViT-B/32 variant differ only in CLIP, output and comment
+        paper = json.loads((REPO / "configuration" / f"{run}.json").read_text())
+        vit = json.loads((REPO / "configuration" / f"{run}_vit_b32.json").read_text())
+        assert (paper["clip_model"], vit["clip_model"]) == (
+            "timm/resnet50x4_clip.openai",
+            "openai/clip-vit-base-patch32",
+        )
+        assert vit["output_dir"] == paper["output_dir"] + "-vit-b32"
+        different = {key for key in paper.keys() | vit.keys() if paper.get(key) != vit.get(key)}
+        assert different == {"_comment", "clip_model", "output_dir"}
     assert (model_args.prefix_length, model_args.clip_length, model_args.num_mapping_layers) == (40, 40, 8)
     assert (args.learning_rate, args.warmup_steps, args.num_train_epochs) == (2e-5, 5000, 10)
     assert (args.per_device_train_batch_size, args.noise_variance, args.max_steps) == (40, 0.016, 3)

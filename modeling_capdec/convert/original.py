@@ -22,6 +22,7 @@ import torch
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
 from modeling_capdec.commands.recipes import parse_recipe_and_args
+from modeling_capdec.convert.open_clip import resolve_clip_model
 
 # GPT-2 causal-mask buffers that older transformers wrote into state dicts; today's GPT-2 builds them itself.
 STALE_BUFFER = re.compile(r"^gpt\.transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
@@ -51,7 +52,11 @@ class ConvertArguments:
         metadata={"help": "The run's saved {prefix}.json arguments (optional; else shapes decide)."},
     )
     clip_model: str = field(
-        default="openai/clip-vit-base-patch32", metadata={"help": "CLIP: a Hub name or a local folder."}
+        default="openai/clip-vit-base-patch32",
+        metadata={
+            "help": "CLIP: a Hub name or a local folder; the paper's RN50x4 is open_clip's "
+            "timm/resnet50x4_clip.openai (converted once, cached)."
+        },
     )
     decoder_model: str = field(default="gpt2", metadata={"help": "The decoder: `gpt2` or a local folder."})
     num_mapping_heads: int = field(
@@ -171,11 +176,29 @@ def infer_mapping_config(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def read_original_arguments(path: str | Path) -> dict[str, Any]:
-    """The CapDecConfig fields set by an original run's `{prefix}.json` (its other fields are ignored)."""
+    """The CapDecConfig fields set by an original run's arguments, a JSON object: ClipCap's `{prefix}.json` or
+    CapDec's `commandline_args.txt` (its other fields are ignored). CapDec's `dont_norm` sets `normalize_prefix`.
+
+    Example:
+
+    ```python
+    >>> read_original_arguments("commandline_args.txt")  # doctest: +SKIP
+    {'prefix_length': 40, 'clip_length': 40, 'num_mapping_layers': 8, 'normalize_prefix': True}
+    ```
+    """
     arguments = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(arguments, dict):
         raise ValueError(f"{path} must hold the run's arguments as a JSON object.")
-    return {ours: arguments[theirs] for theirs, ours in JSON_FIELDS.items() if theirs in arguments}
+    settings = {ours: arguments[theirs] for theirs, ours in JSON_FIELDS.items() if theirs in arguments}
+    if "dont_norm" in arguments:  # CapDec's train.py: --dont_norm trains on unnormalised embeddings
+        normalize = not arguments["dont_norm"]
+        if settings.get("normalize_prefix", normalize) != normalize:
+            raise ValueError(
+                f"{path} says both dont_norm={arguments['dont_norm']!r} and "
+                f"normalize_prefix={settings['normalize_prefix']!r}."
+            )
+        settings["normalize_prefix"] = normalize
+    return settings
 
 
 def convert_original_checkpoint(
@@ -216,6 +239,9 @@ def convert_original_checkpoint(
         settings["num_mapping_heads"] = num_mapping_heads
 
     weights = rename_original_keys(original)
+    clip_model = resolve_clip_model(
+        clip_model
+    )  # an open_clip checkpoint (the paper's RN50x4) is converted first
     model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(clip_model, decoder_model, **settings)
     if model.config.clip_projection_dim != clip_width:
         raise ValueError(

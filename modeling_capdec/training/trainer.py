@@ -20,6 +20,7 @@ import transformers
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
+from ..convert.open_clip import resolve_clip_model
 from ..modeling_capdec import CapDecForConditionalGeneration
 from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
@@ -287,6 +288,9 @@ def load_capdec_for_training(
         raise ValueError("Give --clip_model and --decoder_model (or --init_from, an existing CapDec folder).")
     if train_decoder is not None:
         config_kwargs["train_decoder"] = train_decoder
+    clip_model = resolve_clip_model(
+        clip_model
+    )  # an open_clip checkpoint (the paper's RN50x4) is converted first
     model = CapDecForConditionalGeneration.from_clip_decoder_pretrained(
         clip_model, decoder_model, **config_kwargs
     )
