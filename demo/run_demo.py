@@ -54,8 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip", default=str(TINY_CLIP), help="the CLIP folder (default: the committed one)")
     parser.add_argument("--max_steps", type=int, default=None, help="training steps per run (recipe default)")
     parser.add_argument("--jobs", type=int, default=2, help="training runs side by side (one thread each)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the world's seed, and the training seed by default"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds; the table reports mean ± std over them (default: --seed; with --full: 0 1 2)",
+    )
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = [0, 1, 2] if args.full and not args.smoke else [args.seed]
+    return args
 
 
 def stage(message: str) -> None:
@@ -237,46 +249,101 @@ def score(predictions: list[str], references: list[list[str]]) -> dict[str, floa
     from modeling_capdec.evaluation.metrics import compute_caption_metrics
 
     metrics = compute_caption_metrics(predictions, references)
-    exact = sum(
-        p.strip().lower() in {r.strip().lower() for r in refs}
-        for p, refs in zip(predictions, references, strict=True)
-    )
+    exact = sum(is_exact(p, refs) for p, refs in zip(predictions, references, strict=True))
     metrics["exact"] = exact / len(predictions)
     return metrics
 
 
 # -- 5. report ------------------------------------------------------------------------------------------------
-def results_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def results_table(
+    results: dict[str, dict[str, dict[str, float]]],
+    spread: dict[str, dict[str, dict[str, float]]] | None = None,
+) -> str:
+    """A markdown table of every run's scores; with `spread` (std over seeds) each cell reads `mean ± std`."""
+
+    def cell(run: str, split: str, metric: str, digits: int) -> str:
+        value = f"{results[run][split][metric]:.{digits}f}"
+        if spread is None or run not in spread:
+            return value
+        return f"{value} ± {spread[run][split][metric]:.{digits}f}"
+
     header = "| run | split | " + " | ".join(METRICS) + " | exact match |"
     lines = [header, "|" + "---|" * (len(METRICS) + 3)]
     for run, by_split in results.items():
-        for split, metrics in by_split.items():
-            values = " | ".join(f"{metrics[m]:.3f}" for m in METRICS)
-            lines.append(f"| {run} | {split} | {values} | {metrics['exact']:.2f} |")
+        for split in by_split:
+            values = " | ".join(cell(run, split, m, 3) for m in METRICS)
+            lines.append(f"| {run} | {split} | {values} | {cell(run, split, 'exact', 2)} |")
     return "\n".join(lines)
 
 
+def mean_and_std(
+    per_seed: dict[str, dict[int, dict[str, dict[str, float]]]],
+) -> tuple[dict[str, dict[str, dict[str, float]]], dict[str, dict[str, dict[str, float]]]]:
+    """Each run's metrics averaged over its seeds, and their sample standard deviation (0 for a single seed)."""
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    stds: dict[str, dict[str, dict[str, float]]] = {}
+    for run, by_seed in per_seed.items():
+        seeds = list(by_seed.values())
+        means[run], stds[run] = {}, {}
+        for split in seeds[0]:
+            values = {
+                m: torch.tensor([s[split][m] for s in seeds], dtype=torch.float64) for m in seeds[0][split]
+            }
+            means[run][split] = {m: v.mean().item() for m, v in values.items()}
+            stds[run][split] = {m: (v.std().item() if len(v) > 1 else 0.0) for m, v in values.items()}
+    return means, stds
+
+
+def is_exact(prediction: str, references: list[str]) -> bool:
+    """Whether a caption equals one of the references, ignoring case and surrounding spaces."""
+    return prediction.strip().lower() in {r.strip().lower() for r in references}
+
+
+GALLERY_FONT_PX = 14  # legible when the PNG is viewed at 100%; Pillow's bundled FreeType font at this size
+
+
 def write_gallery(
-    path: Path, images: list, captions: dict[str, list[str]], titles: list[str], cell: int = 144
+    path: Path,
+    images: list,
+    captions: dict[str, list[str]],
+    references: list[list[str]],
+    titles: list[str],
+    heading: str,
+    cell: int = 144,
 ) -> None:
-    """A grid of test images (upscaled) with each run's caption under each image."""
+    """A grid of test images (upscaled), each with its title, its first reference caption and every run's
+    caption, green when it matches a reference exactly and red when not; `heading` names the runs."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default()
-    columns = 4
-    text_lines = 1 + len(captions) * 2
-    height = cell + 12 * text_lines + 8
+    font = ImageFont.load_default(size=GALLERY_FONT_PX)
+    line_height = GALLERY_FONT_PX + 4
+    columns, column_width, wrap = 4, cell + 200, 46
+    lines_per_image = 1 + 2 * (1 + len(captions))  # the title, then two wrapped lines: reference, each run
+    height = cell + line_height * lines_per_image + 12
     rows = (len(images) + columns - 1) // columns
-    canvas = Image.new("RGB", (columns * (cell + 120), rows * height), "white")
+    top = 2 * line_height + 8
+    canvas = Image.new("RGB", (columns * column_width, top + rows * height), "white")
     draw = ImageDraw.Draw(canvas)
+    draw.text((8, 4), heading, fill="black", font=font)
+    draw.text(
+        (8, 4 + line_height),
+        "green: the caption equals a reference (exact match); red: it does not",
+        fill="dimgray",
+        font=font,
+    )
     for index, image in enumerate(images):
-        x, y = (index % columns) * (cell + 120), (index // columns) * height
-        canvas.paste(image.resize((cell, cell), Image.NEAREST), (x + 60, y))
-        lines = [titles[index]]
+        x, y = (index % columns) * column_width, top + (index // columns) * height
+        canvas.paste(image.resize((cell, cell), Image.NEAREST), (x + (column_width - cell) // 2, y))
+        wrapped = (textwrap.wrap(f"reference: {references[index][0]}", width=wrap) + ["", ""])[:2]
+        lines = [(titles[index], "black")] + [(text, "dimgray") for text in wrapped]
         for run, texts in captions.items():
-            lines += (textwrap.wrap(f"{run}: {texts[index]}", width=44) + ["", ""])[:2]
-        for line_index, line in enumerate(lines):
-            draw.text((x + 4, y + cell + 4 + 12 * line_index), line, fill="black", font=font)
+            colour = "darkgreen" if is_exact(texts[index], references[index]) else "firebrick"
+            lines += [
+                (text, colour)
+                for text in (textwrap.wrap(f"{run}: {texts[index]}", width=wrap) + ["", ""])[:2]
+            ]
+        for line_index, (line, colour) in enumerate(lines):
+            draw.text((x + 6, y + cell + 4 + line_height * line_index), line, fill=colour, font=font)
     canvas.save(path)
 
 
@@ -301,28 +368,39 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
     figure.savefig(path, dpi=120)
 
 
+DEFAULT_NOISE = (0.016, 0.0)
+
+
+def run_name(eps: float) -> str:
+    return f"eps={eps:g}"
+
+
 def run_trainings(
-    args: argparse.Namespace, output_dir: Path, decoder_init: Path
-) -> tuple[dict[str, Path], dict]:
-    """Stage 3: the text-only runs (ε = 0.016 and 0; with --full the sweep and the supervised reference).
-    Returns each run's folder and wall time."""
+    args: argparse.Namespace, output_dir: Path, decoder_inits: dict[int, Path]
+) -> tuple[dict[str, dict[int, Path]], dict]:
+    """Stage 3: the text-only runs (ε = 0.016 and 0; with --full the sweep and the supervised reference), once
+    per training seed. Returns each run's folder by seed, and the wall time of each training."""
     max_steps = args.max_steps or (5 if args.smoke else None)
-    noise_levels = SWEEP if args.full else (0.016, 0.0)
-    run_dirs: dict[str, Path] = {}
+    noise_levels = SWEEP if args.full else DEFAULT_NOISE
+    several = len(args.seeds) > 1
+    run_dirs: dict[str, dict[int, Path]] = {}
+    runs: dict[str, list[str]] = {}
 
-    def run_arguments(name: str, recipe: Path, folder: str, *extra: str) -> list[str]:
-        run_dirs[name] = output_dir / "runs" / folder
-        arguments = [str(recipe), "--clip_model", args.clip, "--decoder_model", str(decoder_init)]
-        arguments += ["--dataset_dir", str(output_dir / "world"), "--output_dir", str(run_dirs[name])]
-        arguments += ["--seed", str(args.seed), "--cache_dir", str(output_dir / "cache"), *extra]
-        return arguments + (["--max_steps", str(max_steps)] if max_steps else [])
+    def add_run(name: str, recipe: Path, folder: str, seed: int, *extra: str) -> None:
+        run_dir = output_dir / "runs" / (f"{folder}_seed{seed}" if several else folder)
+        run_dirs.setdefault(name, {})[seed] = run_dir
+        arguments = [str(recipe), "--clip_model", args.clip, "--decoder_model", str(decoder_inits[seed])]
+        arguments += ["--dataset_dir", str(output_dir / "world"), "--output_dir", str(run_dir)]
+        arguments += ["--seed", str(seed), "--cache_dir", str(output_dir / "cache"), *extra]
+        runs[f"{name} seed {seed}" if several else name] = arguments + (
+            ["--max_steps", str(max_steps)] if max_steps else []
+        )
 
-    runs = {
-        f"eps={eps:g}": run_arguments(f"eps={eps:g}", RECIPE, f"eps_{eps:g}", "--noise_variance", str(eps))
-        for eps in noise_levels
-    }
-    if args.full:
-        runs["supervised"] = run_arguments("supervised", SUPERVISED_RECIPE, "supervised")
+    for seed in args.seeds:
+        for eps in noise_levels:
+            add_run(run_name(eps), RECIPE, f"eps_{eps:g}", seed, "--noise_variance", str(eps))
+        if args.full:
+            add_run("supervised", SUPERVISED_RECIPE, "supervised", seed)
     durations = train_runs(runs, args.jobs, output_dir)
     for name, seconds in durations.items():
         print(f"  {name}: {seconds:.0f} s")
@@ -330,39 +408,70 @@ def run_trainings(
 
 
 def caption_and_score(
-    world, run_dirs: dict[str, Path], clip: Path, images: dict[str, list]
+    world, run_dirs: dict[str, dict[int, Path]], clip: Path, images: dict[str, list]
 ) -> tuple[dict, dict]:
-    """Stage 4: every run's captions of the test splits, the nearest-caption baseline's, and their scores."""
-    predictions: dict[str, dict[str, list[str]]] = {}
-    for name, model_dir in run_dirs.items():
-        predictions[name] = caption_splits(model_dir, images)
+    """Stage 4: every run's captions of the test splits (every seed), the nearest-caption baseline's, and their
+    scores. Returns predictions[run][seed][split] and scores[run][seed][split][metric]."""
+    predictions: dict[str, dict[int, dict[str, list[str]]]] = {}
+    for name, by_seed in run_dirs.items():
+        predictions[name] = {seed: caption_splits(model_dir, images) for seed, model_dir in by_seed.items()}
     corpus = world["train_text"]["caption"][:]
-    predictions["nearest caption"] = nearest_caption_baseline(clip, corpus, images)
-    results = {
-        name: {split: score(texts, world[split]["captions"][:]) for split, texts in by_split.items()}
-        for name, by_split in tqdm(predictions.items(), desc="scoring")
+    # No training, so no seed: the baseline is scored once.
+    predictions["nearest caption"] = {0: nearest_caption_baseline(clip, corpus, images)}
+    references = {split: world[split]["captions"][:] for split in images}
+    scores = {
+        name: {
+            seed: {split: score(texts, references[split]) for split, texts in by_split.items()}
+            for seed, by_split in by_seed.items()
+        }
+        for name, by_seed in tqdm(predictions.items(), desc="scoring")
     }
-    return predictions, results
+    return predictions, scores
 
 
-def report(output_dir: Path, results: dict, predictions: dict, images: dict[str, list], full: bool) -> str:
+def report(
+    output_dir: Path,
+    results: dict,
+    spread: dict | None,
+    predictions: dict,
+    references: dict[str, list[list[str]]],
+    images: dict[str, list],
+    args: argparse.Namespace,
+) -> str:
     """Stage 5: the table and ratios on stdout, the gallery (and with --full the sweep plot); returns the table."""
-    table = results_table(results)
+    table = results_table(results, spread)
     print(table)
     seen = {name: results[name]["test_seen"]["CIDEr"] for name in results}
     if "eps=0.016" in seen and "eps=0" in seen and seen["eps=0"] > 0:
         print(f"\nCIDEr test_seen, ε=0.016 / ε=0: {seen['eps=0.016'] / seen['eps=0']:.2f}×")
     if "supervised" in seen and seen["supervised"] > 0:
         print(f"CIDEr test_seen, ε=0.016 / supervised: {seen['eps=0.016'] / seen['supervised']:.2f}×")
-    gallery_images = images["test_seen"][:8] + images["test_heldout"][:4]
-    titles = [f"seen #{i}" for i in range(8)] + [f"held-out #{i}" for i in range(4)]
+    seen_count, heldout_count = 8, 4
+    gallery_images = images["test_seen"][:seen_count] + images["test_heldout"][:heldout_count]
     n = len(gallery_images)
+    titles = [f"test_seen #{i}" for i in range(seen_count)] + [
+        f"test_heldout #{i}" for i in range(heldout_count)
+    ]
+    titles = (titles[: min(seen_count, len(images["test_seen"]))] + titles[seen_count:])[:n]
+    gallery_runs = [name for name in (run_name(eps) for eps in DEFAULT_NOISE) if name in predictions]
+    first_seed = args.seeds[0]
     gallery_captions = {
-        name: (predictions[name]["test_seen"][:8] + predictions[name]["test_heldout"][:4])[:n]
-        for name in ("eps=0.016", "eps=0")
+        name: (
+            predictions[name][first_seed]["test_seen"][:seen_count]
+            + predictions[name][first_seed]["test_heldout"][:heldout_count]
+        )[:n]
+        for name in gallery_runs
     }
-    write_gallery(output_dir / "gallery.png", gallery_images, gallery_captions, titles[:n])
-    if full:
+    gallery_references = (references["test_seen"][:seen_count] + references["test_heldout"][:heldout_count])[
+        :n
+    ]
+    heading = (
+        f"CapDec text-only runs {', '.join(gallery_runs)} (training seed {first_seed}) on the shapes world"
+    )
+    write_gallery(
+        output_dir / "gallery.png", gallery_images, gallery_captions, gallery_references, titles, heading
+    )
+    if args.full:
         plot_sweep(output_dir / "cider_vs_noise.png", results, seen.get("supervised"))
     return table
 
@@ -384,22 +493,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("2/5 tiny CLIP and the decoder to start from")
     print(f"  CLIP: {args.clip}")
-    decoder_init = build_decoder_init(
-        output_dir / "decoder_init", world["train_text"]["caption"][:], args.seed
-    )
-    print(f"  decoder: tiny GPT-2 in {decoder_init}")
+    captions = world["train_text"]["caption"][:]
+    decoder_inits = {
+        seed: build_decoder_init(
+            output_dir / ("decoder_init" if seed == 0 else f"decoder_init_seed{seed}"), captions, seed
+        )
+        for seed in args.seeds
+    }
+    print(f"  decoder: tiny GPT-2 in {', '.join(str(folder) for folder in decoder_inits.values())}")
 
-    stage("3/5 text-only training (train_capdec.py)")
-    run_dirs, durations = run_trainings(args, output_dir, decoder_init)
+    stage(f"3/5 text-only training (train_capdec.py), seeds {' '.join(map(str, args.seeds))}")
+    run_dirs, durations = run_trainings(args, output_dir, decoder_inits)
 
     stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
     images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run
-    predictions, results = caption_and_score(world, run_dirs, Path(args.clip), images)
+    predictions, per_seed = caption_and_score(world, run_dirs, Path(args.clip), images)
+    results, spread = mean_and_std(per_seed)
 
     stage("5/5 results")
-    table = report(output_dir, results, predictions, images, args.full)
+    references = {split: world[split]["captions"][:] for split in SPLITS}
+    table = report(
+        output_dir, results, spread if len(args.seeds) > 1 else None, predictions, references, images, args
+    )
     summary = {
         "results": results,
+        "std_over_seeds": spread,
+        "per_seed": per_seed,
+        "seeds": args.seeds,
         "train_seconds": durations,
         "total_seconds": time.time() - start,
         "smoke": args.smoke,

@@ -28,7 +28,11 @@ def test_demo_smoke_run_completes(tmp_path):
         assert set(run) == {"test_seen", "test_heldout"}
         for metrics in run.values():
             assert {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "exact"} <= set(metrics)
-    predictions = json.loads((output / "predictions.json").read_text())
+    # predictions[run][seed][split]: one seed here (the default), the baseline under seed 0 as it has none
+    predictions = {
+        run: by_seed[str(summary["seeds"][0])] if run != "nearest caption" else by_seed["0"]
+        for run, by_seed in json.loads((output / "predictions.json").read_text()).items()
+    }
     assert all(len(texts) == 12 for by_split in predictions.values() for texts in by_split.values())
     # The numbers are the predictions' scores: exact match recomputed from the written world and predictions,
     # and the nearest-caption baseline only ever answers with a training caption.
@@ -58,3 +62,41 @@ def test_demo_smoke_run_completes(tmp_path):
     gallery = Image.open(output / "gallery.png")
     assert gallery.width > 500 and gallery.height > 300
     assert "| nearest caption | test_seen |" in (output / "results.md").read_text()
+
+
+def test_results_over_seeds_are_mean_and_sample_std():
+    from demo.run_demo import mean_and_std, results_table
+
+    per_seed = {
+        "eps=0": {
+            0: {"test_seen": {"CIDEr": 4.0, "exact": 0.25}},
+            1: {"test_seen": {"CIDEr": 5.0, "exact": 0.5}},
+        },
+        "nearest caption": {0: {"test_seen": {"CIDEr": 6.0, "exact": 0.5}}},
+    }
+    means, stds = mean_and_std(per_seed)
+    assert means["eps=0"]["test_seen"]["CIDEr"] == pytest.approx(4.5)
+    assert stds["eps=0"]["test_seen"]["CIDEr"] == pytest.approx(0.7071068)  # sample std of (4, 5)
+    assert stds["nearest caption"]["test_seen"]["CIDEr"] == 0.0
+    import demo.run_demo as run_demo
+
+    metrics, run_demo.METRICS = run_demo.METRICS, ("CIDEr",)
+    try:
+        table = results_table(means, stds)
+    finally:
+        run_demo.METRICS = metrics
+    assert "| eps=0 | test_seen | 4.500 ± 0.707 | 0.38 ± 0.18 |" in table
+
+
+def test_gallery_shows_reference_and_marks_exact_matches(tmp_path):
+    from demo.run_demo import GALLERY_FONT_PX, write_gallery
+
+    images = [Image.new("RGB", (48, 48), "gray")] * 2
+    references = [["a red circle."], ["a blue square."]]
+    captions = {"eps=0": ["a red circle.", "a green square."]}
+    write_gallery(tmp_path / "g.png", images, captions, references, ["seen #0", "seen #1"], "runs: eps=0")
+    gallery = Image.open(tmp_path / "g.png").convert("RGB")
+    colours = {colour for _, colour in gallery.getcolors(maxcolors=1 << 20)}
+    assert (0, 100, 0) in colours  # darkgreen: the exact match in cell 0
+    assert (178, 34, 34) in colours  # firebrick: the wrong caption in cell 1
+    assert GALLERY_FONT_PX >= 12
