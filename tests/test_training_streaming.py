@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from modeling_capdec.training.collator import CapDecDataCollator
 from modeling_capdec.training.corpus_files import CorpusFileError
 from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
 from modeling_capdec.training.streaming import StreamingCaptions, prepare_streaming_dataset
-from tests.test_train_capdec import cli, parts  # noqa: F401 (a fixture)
+from tests.test_train_capdec import REPO, SUBPROCESS_ENV, cli, parts  # noqa: F401 (a fixture)
 from train_capdec import main
 
 # A corpus with every kind of caption and line that cleaning and the line check tell apart. Captions are lists
@@ -92,7 +94,7 @@ def test_stream_cleans_like_the_non_streaming_path_and_counts_as_it_reads(model,
     )
     assert report.skipped_lines == 2
     assert report.summary().startswith(
-        "over the run so far: 9 rows read (1 complete passes over the stream), 11 captions: kept 6, dropped 3 "
+        "so far: 9 rows read (1 complete passes over the stream), 11 captions: kept 6, dropped 3 "
         "empty and 2 not text, truncated 1 to max_caption_tokens, 2 bad lines skipped"
     )
 
@@ -167,7 +169,7 @@ def test_streamed_run_trains_on_the_non_streaming_batches_and_saves_a_loadable_m
 
     printed = capsys.readouterr().out
     assert (
-        "Corpus cleaning (streamed): over the run so far: 16 rows read (0 complete passes over the stream), 16 captions: kept 16"
+        "Corpus cleaning (streamed): over the run: 16 rows read (0 complete passes over the stream), 16 captions: kept 16"
         in printed
     )
     results = json.loads((output_dir / "train_results.json").read_text())
@@ -239,3 +241,41 @@ def test_options_that_cannot_stream_are_refused_by_name(parts, tmp_path, extra, 
     with pytest.raises(ValueError, match=message):
         main(cli(parts, tmp_path / "out", "--streaming", *extra.split()))
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_path):  # noqa: F811
+    # Each process reads the whole stream and keeps its own batches (accelerate's IterableDatasetShard, with
+    # dispatch_batches off): together they train on consecutive example ids, each id once.
+    recorder = tmp_path / "record.py"
+    recorder.write_text(
+        "import json, os, sys\n"
+        "import train_capdec\n"
+        "from modeling_capdec.training.collator import CapDecDataCollator\n"
+        "collate, seen = CapDecDataCollator.__call__, []\n"
+        "def record(self, features):\n"
+        "    batch = collate(self, features)\n"
+        "    seen.append(batch['example_id'].tolist())\n"
+        "    return batch\n"
+        "CapDecDataCollator.__call__ = record\n"
+        "train_capdec.main(sys.argv[1:])\n"
+        "print('IDS', os.environ['RANK'], json.dumps(seen), flush=True)\n"
+    )
+    output_dir = tmp_path / "ddp"
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    command = [accelerate, *"launch --multi_gpu --num_processes 2".split(), str(recorder)]
+    command += cli(parts, output_dir, *"--max_steps 3 --save_strategy no --use_cpu --streaming".split())
+    result = subprocess.run(
+        command, cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    seen = {
+        int(line.split()[1]): json.loads(line.split(maxsplit=2)[2])
+        for line in result.stdout.splitlines()
+        if line.startswith("IDS ")
+    }
+    # Three steps and one batch read ahead, of 4 examples, on each process; the stream is shuffled.
+    assert sorted(seen) == [0, 1] and all(len(batches) == 4 for batches in seen.values())
+    trained = [example for rank in (0, 1) for batch in seen[rank][:3] for example in batch]
+    assert sorted(trained) == list(range(24))
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
+    assert "4 per device × 2 processes" in (output_dir / "README.md").read_text()

@@ -52,7 +52,7 @@ class StreamingCleaningReport:
 
     ```python
     >>> print(StreamingCleaningReport(rows=3, captions=4, kept=3, dropped_empty=1, truncated=1).summary())
-    over the run so far: 3 rows read (0 complete passes over the stream), 4 captions: kept 3, dropped 1 empty and 0 not text, truncated 1 to max_caption_tokens, 0 bad lines skipped; duplicates are not counted when streaming
+    so far: 3 rows read (0 complete passes over the stream), 4 captions: kept 3, dropped 1 empty and 0 not text, truncated 1 to max_caption_tokens, 0 bad lines skipped; duplicates are not counted when streaming
 
     ```
     """
@@ -65,10 +65,11 @@ class StreamingCleaningReport:
     truncated: int = 0
     skipped_lines: int = 0
     passes: int = 0  # complete passes over the stream
+    finished: bool = False  # set when training ends: the counts are the run's
 
     def summary(self) -> str:
         return (
-            f"over the run so far: {self.rows} rows read ({self.passes} complete passes over the stream), "
+            f"{'over the run' if self.finished else 'so far'}: {self.rows} rows read ({self.passes} complete passes over the stream), "
             f"{self.captions} captions: kept {self.kept}, dropped {self.dropped_empty} empty and "
             f"{self.dropped_not_text} not text, truncated {self.truncated} to max_caption_tokens, "
             f"{self.skipped_lines} bad lines skipped; duplicates are not counted when streaming"
@@ -76,11 +77,13 @@ class StreamingCleaningReport:
 
     def metrics(self) -> dict[str, int]:
         """The counts as run metrics (`corpus_rows`, `corpus_kept`, ...), for `train_results.json`."""
-        return {f"corpus_{field.name}": getattr(self, field.name) for field in fields(self)}
+        return {
+            f"corpus_{field.name}": getattr(self, field.name) for field in fields(self) if field.type is int
+        }
 
     def reset(self) -> None:
         for field in fields(self):
-            setattr(self, field.name, 0)
+            setattr(self, field.name, field.default)
 
 
 class StreamingCaptions(torch.utils.data.IterableDataset):
@@ -173,9 +176,9 @@ class StreamingCaptions(torch.utils.data.IterableDataset):
 
 
 class StreamingReportCallback(TrainerCallback):
-    """Logs a streamed run's cleaning counts at each Trainer log (at info level) and prints them when training
-    ends (process 0, at any log level: what cleaning dropped is never silent). `CapDecTrainer` adds it when its
-    training set is a `StreamingCaptions`."""
+    """Logs a streamed run's cleaning counts at each Trainer log (at info level) and, when training ends, marks
+    them as the run's and prints them (process 0, at any log level: what cleaning dropped is never silent).
+    `CapDecTrainer` adds it when its training set is a `StreamingCaptions`."""
 
     def __init__(self, report: StreamingCleaningReport):
         self.report = report
@@ -186,6 +189,7 @@ class StreamingReportCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.report.finished = True
         if state.is_world_process_zero:
             print(f"Corpus cleaning (streamed): {self.report.summary()}", flush=True)
         return control

@@ -508,7 +508,8 @@ def training_corpus(model: Any, processor: Any, data_args: Any, training_args: A
                 corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
             )
     if training_args.process_index == 0:
-        print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
+        counted = "counted as training reads the stream (logged with the loss, printed at the end)"
+        print(f"Corpus cleaning: {counted if data_args.streaming else cleaning.summary()}", flush=True)
     return train_dataset, cleaning
 
 
