@@ -8,7 +8,8 @@
         --train_file captions.jsonl --caption_column caption --noise_variance 0.016 \\
         --output_dir out --num_train_epochs 10 --per_device_train_batch_size 40 --bf16
     # a corpus read as training consumes it (no conversion or CLIP pass in advance; needs --max_steps)
-    capdec-train configuration/coco_text_only.json --train_file 'shards/*.jsonl.gz' --streaming --max_steps 100000
+    capdec-train --clip_model openai/clip-vit-base-patch32 --decoder_model gpt2 --output_dir out \\
+        --train_file 'shards/*.jsonl.gz' --streaming --max_steps 100000
     # several GPUs, and resuming
     accelerate launch --num_processes 8 train_capdec.py configuration/coco_text_only.json
     capdec-train configuration/coco_text_only.json --resume_from_checkpoint last
