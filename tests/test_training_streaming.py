@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -97,6 +98,32 @@ def test_stream_cleans_like_the_non_streaming_path_and_counts_as_it_reads(model,
         "so far: 9 rows read (1 complete passes over the stream), 11 captions: kept 6, dropped 3 "
         "empty and 2 not text, truncated 1 to max_caption_tokens, 2 bad lines skipped"
     )
+
+
+def test_streamed_sources_and_a_seeded_shuffle_that_changes_each_pass(model, processor, tmp_path):
+    captions = [f"a dog number {index}" for index in range(20)]
+    datasets.Dataset.from_dict({"caption": captions}).to_parquet(tmp_path / "c.parquet")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"caption": captions})}).save_to_disk(
+        tmp_path / "d"
+    )
+    for source in (
+        tmp_path / "c.parquet",
+        tmp_path / "d",
+    ):  # load_dataset(streaming=True), to_iterable_dataset
+        stream = load_dataset_source(source, streaming=True)
+        in_order, _ = prepare_streaming_dataset(stream, model, processor, shuffle_buffer=0)
+        assert [example["caption"] for example in _take(in_order, 20)] == captions, source
+
+    def order(seed: int) -> list[str]:
+        stream = load_dataset_source(tmp_path / "c.parquet", streaming=True)
+        shuffled, _ = prepare_streaming_dataset(stream, model, processor, shuffle_buffer=8, seed=seed)
+        return [example["caption"] for example in _take(shuffled, 40)]
+
+    first = order(seed=1)
+    # Each pass is a permutation of the corpus, a new one in each pass; the seed fixes them.
+    assert sorted(first[:20]) == sorted(first[20:]) == sorted(captions)
+    assert first[:20] != captions and first[20:] != first[:20]
+    assert order(seed=1) == first and order(seed=2) != first
 
 
 def test_stream_errors_name_the_file_the_line_or_the_column(model, processor, tmp_path):
