@@ -196,6 +196,10 @@ def test_streamed_run_trains_on_the_non_streaming_batches_and_saves_a_loadable_m
 
     printed = capsys.readouterr().out
     assert (
+        "Corpus streamed (shuffle buffer 0 rows, seed 0): " in printed
+        and "--embed_on_the_fly is implied" in printed
+    )
+    assert (
         "Corpus cleaning (streamed): over the run: 16 rows read (0 complete passes over the stream), 16 captions: kept 16"
         in printed
     )

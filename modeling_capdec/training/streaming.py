@@ -227,12 +227,6 @@ def prepare_streaming_dataset(
         raise ValueError(
             f"The caption column {caption_column!r} is not in the corpus; its columns are {columns}."
         )
-    logger.info(
-        "Streaming the corpus: captions are cleaned and tokenised as training reads them and embedded with CLIP "
-        "in each step (--embed_on_the_fly is implied); shuffle buffer %d rows, seed %d.",
-        shuffle_buffer,
-        seed,
-    )
     examples = StreamingCaptions(
         stream, processor.tokenizer, caption_column, max_caption_tokens, shuffle_buffer, seed
     )

@@ -507,9 +507,15 @@ def training_corpus(model: Any, processor: Any, data_args: Any, training_args: A
             train_dataset, cleaning = prepare_training_dataset(
                 corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
             )
-    if training_args.process_index == 0:
-        counted = "counted as training reads the stream (logged with the loss, printed at the end)"
-        print(f"Corpus cleaning: {counted if data_args.streaming else cleaning.summary()}", flush=True)
+    if training_args.process_index == 0 and data_args.streaming:
+        print(
+            f"Corpus streamed (shuffle buffer {data_args.streaming_shuffle_buffer} rows, seed {seed}): captions are "
+            "cleaned and tokenised as training reads them and embedded with CLIP in each step (--embed_on_the_fly "
+            "is implied). Corpus cleaning: counted as the stream is read (logged with the loss, printed at the end).",
+            flush=True,
+        )
+    elif training_args.process_index == 0:
+        print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
     return train_dataset, cleaning
 
 
