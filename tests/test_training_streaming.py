@@ -207,6 +207,7 @@ def test_streamed_run_trains_on_the_non_streaming_batches_and_saves_a_loadable_m
     assert (results["corpus_rows"], results["corpus_kept"], results["corpus_passes"]) == (16, 16, 0)
     card = (output_dir / "README.md").read_text()
     assert "streamed: 0 complete passes, 16 rows read" in card
+    assert "| cleaning | over the run: 16 rows read" in card  # the counts of the whole run, not "so far"
     assert "| captions trained on | 12 |" in card  # 3 steps × 4, not the batch read ahead
     model = CapDecForConditionalGeneration.from_pretrained(output_dir)
     trained = trainer.model.clip_project.state_dict()
