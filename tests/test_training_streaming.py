@@ -311,3 +311,22 @@ def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_
     assert sorted(trained) == list(range(24))
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 3
     assert "4 per device × 2 processes" in (output_dir / "README.md").read_text()
+
+
+def test_the_trainer_checks_a_stream_it_is_given_directly(model, processor, tmp_path):
+    from modeling_capdec.training.arguments import CapDecTrainingArguments
+    from modeling_capdec.training.trainer import CapDecTrainer
+
+    path = _write_gz(tmp_path / "c.jsonl.gz", [json.dumps({"caption": "a dog"})])
+    examples, _ = prepare_streaming_dataset(load_dataset_source(path, streaming=True), model, processor)
+    collator = CapDecDataCollator(processor, embed_on_the_fly=True)
+    args = CapDecTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True)
+    with pytest.raises(ValueError, match="--streaming needs --max_steps"):
+        CapDecTrainer(model=model, args=args, train_dataset=examples, data_collator=collator)
+    args = CapDecTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, max_steps=1)
+    trainer = CapDecTrainer(model, args, collator, examples)  # positional, as Trainer allows
+    assert args.accelerator_config.dispatch_batches is False
+    assert any(
+        type(callback).__name__ == "StreamingReportCallback"
+        for callback in trainer.callback_handler.callbacks
+    )

@@ -138,6 +138,10 @@ class CapDecTrainer(Trainer):
     `create_model_card` writes the CapDec card from `model_card_template` and `model_card_fields` (also when
     pushing to the Hub), instead of Trainer's generic one.
 
+    A `training.streaming.StreamingCaptions` training set (`--streaming`) has its Trainer settings checked
+    (`check_streaming_arguments`: `max_steps`, no dataloader workers, no batch dispatching) and its cleaning counts
+    logged as it is read (`StreamingReportCallback`).
+
     Batches of a collator with `embed_on_the_fly=True` carry CLIP token ids instead of embeddings: each step
     embeds them with the model's frozen CLIP on the training device and noises them with the collator's
     `add_noise`, so the noise is the collator's in both modes.
@@ -153,6 +157,12 @@ class CapDecTrainer(Trainer):
     """
 
     def __init__(self, *args, model_card_template: str | os.PathLike | None = MODEL_CARD_TEMPLATE, **kwargs):
+        # Trainer's positional order: model, args, data_collator, train_dataset. A stream needs its settings before
+        # Trainer builds the accelerator (train_capdec.py checks them earlier; this covers direct use).
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+        if isinstance(train_dataset, StreamingCaptions) and training_args is not None:
+            check_streaming_arguments(training_args)
         super().__init__(*args, **kwargs)
         if not any(
             isinstance(callback, NonFiniteGuardCallback) for callback in self.callback_handler.callbacks
