@@ -232,7 +232,7 @@ class DataArguments:
             raise ValueError(
                 f"--streaming_shuffle_buffer must be >= 0 (0: file order), got {self.streaming_shuffle_buffer}."
             )
-        # A stream is never embedded in advance: CLIP runs in each step (logged when the stream is prepared).
+        # A stream is never embedded in advance: CLIP runs in each step (the run prints so when it starts).
         self.embed_on_the_fly = True
 
     @property
