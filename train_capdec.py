@@ -7,6 +7,9 @@
     capdec-train --clip_model openai/clip-vit-base-patch32 --decoder_model gpt2 \\
         --train_file captions.jsonl --caption_column caption --noise_variance 0.016 \\
         --output_dir out --num_train_epochs 10 --per_device_train_batch_size 40 --bf16
+    # a corpus read as training consumes it (no conversion or CLIP pass in advance; needs --max_steps)
+    capdec-train --clip_model openai/clip-vit-base-patch32 --decoder_model gpt2 --output_dir out \\
+        --train_file 'shards/*.jsonl.gz' --streaming --max_steps 100000
     # several GPUs, and resuming
     accelerate launch --num_processes 8 train_capdec.py configuration/coco_text_only.json
     capdec-train configuration/coco_text_only.json --resume_from_checkpoint last
@@ -22,7 +25,6 @@ from transformers import set_seed
 from modeling_capdec.commands.recipes import parse_recipe_and_args
 from modeling_capdec.evaluation.eval_sets import load_eval_set
 from modeling_capdec.training.arguments import CapDecTrainingArguments, DataArguments, ModelArguments
-from modeling_capdec.training.data import load_dataset_source, prepare_training_dataset
 from modeling_capdec.training.launch import warn_if_single_process_launch
 from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
@@ -34,6 +36,7 @@ from modeling_capdec.training.trainer import (
     finish_run,
     load_capdec_for_training,
     setup_logging,
+    training_corpus,
 )
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CapDecTrainingArguments)
@@ -63,14 +66,8 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     )
     collator = collator_for_run(processor, model, data_args, training_args)
 
-    # 2. Data: clean, tokenise and embed once (cached on disk; other processes wait and load the cache).
-    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
-    with training_args.main_process_first(desc="preparing the corpus"):
-        train_dataset, cleaning = prepare_training_dataset(
-            corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
-        )
-    if training_args.process_index == 0:  # at any log level: what cleaning dropped is never silent
-        print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
+    # 2. Data: cleaned, tokenised and embedded once (cached on disk), or with --streaming as training reads it.
+    train_dataset, cleaning = training_corpus(model, processor, data_args, training_args)
     if model_args.lora_r:  # adapters in the decoder; the adapter names the folder of the model it adapts
         model = lora_from_arguments(
             model, processor, model_args, training_args.output_dir, save=training_args.should_save

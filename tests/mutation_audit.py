@@ -122,6 +122,40 @@ M = [
         "noise stuck at epoch 0",
         ["tests/test_user_behaviours.py"],
     ),
+    (
+        "modeling_capdec/training/streaming.py",
+        "stream.shuffle(seed=seed, buffer_size=shuffle_buffer)",
+        "stream.shuffle(seed=None, buffer_size=shuffle_buffer)",
+        "streaming shuffle not seeded (resume not exact)",
+        ["tests/test_training_streaming.py::test_resumed_streamed_run_matches_the_uninterrupted_one"],
+    ),
+    (
+        "modeling_capdec/training/streaming.py",
+        "self.stream.set_epoch(pass_index)",
+        "self.stream.set_epoch(0)",
+        "every pass over the stream in the same order",
+        [
+            "tests/test_training_streaming.py::test_streamed_sources_and_a_seeded_shuffle_that_changes_each_pass"
+        ],
+    ),
+    (
+        "modeling_capdec/training/streaming.py",
+        'report.dropped_not_text += reason == "not text"',
+        'report.dropped_empty += reason == "not text"',
+        "streamed cleaning counts non-text captions as empty",
+        [
+            "tests/test_training_streaming.py::test_stream_cleans_like_the_non_streaming_path_and_counts_as_it_reads"
+        ],
+    ),
+    (
+        "modeling_capdec/training/streaming.py",
+        "training_args.accelerator_config.dispatch_batches = False",
+        "pass",
+        "streamed batches dispatched by process 0 (fails for batches of different lengths)",
+        [
+            "tests/test_training_streaming.py::test_two_processes_read_the_stream_and_train_on_disjoint_batches"
+        ],
+    ),
 ]
 for path, old, new, what, tests in M:
     f = REPO / path

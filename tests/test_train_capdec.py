@@ -490,8 +490,6 @@ def test_several_compressed_and_globbed_corpus_files(parts, tmp_path, capsys):
     assert "Corpus cleaning: 30 rows, 30 captions: kept 30" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match=r"No data file matches the pattern '.*/shards/\*\.csv'"):
         main(cli(parts, tmp_path / "out") + ["--train_file", str(tmp_path / "shards" / "*.csv")])
-    with pytest.raises(ValueError, match=r"--streaming is not supported\. .*--embed_on_the_fly"):
-        main(cli(parts, tmp_path / "out", "--streaming"))
 
 
 def test_recipe_gives_train_file_as_one_string_or_a_list(tmp_path):

@@ -451,10 +451,16 @@ def test_glob_and_list_errors_name_the_item(tmp_path):
         load_dataset_source([], cache_dir=cache)
 
 
-def test_train_file_arguments_and_streaming_refusal():
+def test_train_file_arguments_and_streaming_settings():
     # One string (a recipe's value) becomes a list of one; train_source stays a plain path for one file.
     assert DataArguments(train_file="a.jsonl").train_file == ["a.jsonl"]
     assert DataArguments(train_file="a.jsonl").train_source == "a.jsonl"
     assert DataArguments(train_file=["a.jsonl", "b/*.jsonl"]).train_source == ["a.jsonl", "b/*.jsonl"]
-    with pytest.raises(ValueError, match=r"--streaming is not supported\..*--embed_on_the_fly.*--train_file"):
-        DataArguments(train_file="a.jsonl", streaming=True)
+    # A stream is embedded in each step: --streaming implies --embed_on_the_fly, and is handed to the loader.
+    streamed = DataArguments(train_file="a.jsonl", streaming=True)
+    assert streamed.embed_on_the_fly and streamed.source_kwargs()["streaming"]
+    assert streamed.streaming_kwargs() == {
+        "caption_column": "caption",
+        "max_caption_tokens": 64,
+        "shuffle_buffer": 10_000,
+    }

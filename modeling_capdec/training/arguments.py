@@ -10,15 +10,11 @@ from typing import Any, Literal
 from transformers import Seq2SeqTrainingArguments
 
 DEFAULT_EVAL_METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
-# Why --streaming is refused, and what to do instead. Streaming would need its own pipeline (cleaning and CLIP in
-# IterableDataset.map, max_steps instead of epochs, counts reported as they go); the cached map pipeline already
-# keeps the corpus on disk, so the option is named and refused rather than left to argparse's "not used".
-STREAMING_REFUSAL = (
-    "--streaming is not supported. The corpus is never held in memory: it is cleaned, tokenised and embedded "
-    "once into memory-mapped Arrow files under --cache_dir and read from disk. For a corpus too large to embed in "
-    "advance, pass --embed_on_the_fly (CLIP runs in each step); for many or compressed files, give globs or "
-    "several paths: --train_file 'data/*.jsonl.gz' more.jsonl."
-)
+# Data options that a streamed run cannot honour, and why (DataArguments refuses them by name).
+NOT_WITH_STREAMING = {
+    "overwrite_cache": "nothing is cached: the stream is cleaned and tokenised as it is read",
+    "preprocessing_num_workers": "the stream is cleaned in the training process, as training reads it",
+}
 
 
 @dataclass
@@ -121,8 +117,17 @@ class DataArguments:
     streaming: bool = field(
         default=False,
         metadata={
-            "help": "Not supported: refused with the ways to train on a corpus larger than memory (the corpus is "
-            "already read from memory-mapped files on disk; --embed_on_the_fly skips the CLIP precomputation)."
+            "help": "Read the corpus as training consumes it (datasets IterableDataset): nothing is converted, "
+            "cached or embedded in advance; captions are cleaned and tokenised on the fly and embedded with CLIP "
+            "in each step (implies --embed_on_the_fly). Needs --max_steps; text mode only; the cleaning counts "
+            "are reported as the stream is read."
+        },
+    )
+    streaming_shuffle_buffer: int = field(
+        default=10_000,
+        metadata={
+            "help": "--streaming: rows in datasets' shuffle buffer (seeded by --data_seed, else --seed; the files "
+            "are shuffled too, and each pass over the stream gets a new order); 0 reads in file order."
         },
     )
     dataset_dir: str | None = field(
@@ -206,7 +211,7 @@ class DataArguments:
         if isinstance(self.train_file, str):  # a recipe (or a caller) may give one path as a string
             self.train_file = [self.train_file]
         if self.streaming:
-            raise ValueError(STREAMING_REFUSAL)
+            self._check_streaming()
         given = [name for name in ("train_file", "dataset_dir", "dataset_name") if getattr(self, name)]
         if len(given) > 1:
             raise ValueError(
@@ -214,6 +219,21 @@ class DataArguments:
             )
         if self.eval_file and self.eval_dataset_dir:
             raise ValueError("Give one eval set: --eval_file or --eval_dataset_dir, not both.")
+
+    def _check_streaming(self) -> None:
+        if self.mode != "text":
+            raise ValueError(
+                "--streaming works in --mode text only: supervised mode embeds each row's image once, in advance."
+            )
+        for name, why in NOT_WITH_STREAMING.items():
+            if getattr(self, name):
+                raise ValueError(f"--{name} cannot be used with --streaming: {why}.")
+        if self.streaming_shuffle_buffer < 0:
+            raise ValueError(
+                f"--streaming_shuffle_buffer must be >= 0 (0: file order), got {self.streaming_shuffle_buffer}."
+            )
+        # A stream is never embedded in advance: CLIP runs in each step (the run prints so when it starts).
+        self.embed_on_the_fly = True
 
     @property
     def train_source(self) -> str | list[str] | None:
@@ -237,6 +257,7 @@ class DataArguments:
             "text_column": self.caption_column,
             "encoding": self.train_file_encoding,
             "skip_bad_lines": self.skip_bad_lines,
+            "streaming": self.streaming,
         }
 
     def preparation_kwargs(self) -> dict[str, Any]:
@@ -251,6 +272,14 @@ class DataArguments:
             "num_proc": self.preprocessing_num_workers,
             "cache_dir": self.cache_dir,
             "overwrite_cache": self.overwrite_cache,
+        }
+
+    def streaming_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `training.streaming.prepare_streaming_dataset` (besides the seed)."""
+        return {
+            "caption_column": self.caption_column,
+            "max_caption_tokens": self.max_caption_tokens,
+            "shuffle_buffer": self.streaming_shuffle_buffer,
         }
 
     def eval_set_kwargs(self) -> dict[str, Any]:

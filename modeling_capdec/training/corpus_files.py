@@ -99,8 +99,8 @@ def _decoded_lines(path: Path, encoding: str, bad: list[BadLine]) -> Iterator[tu
             yield number, text
 
 
-def _json_lines(path: Path, encoding: str, bad: list[BadLine]) -> list[str]:
-    good = []
+def _json_objects(path: Path, encoding: str, bad: list[BadLine]) -> Iterator[tuple[str, dict]]:
+    """`(line text, parsed object)` of each good line of a JSON-lines file, lazily; bad lines go to `bad`."""
     for number, text in _decoded_lines(path, encoding, bad):
         if not text.strip():
             continue
@@ -112,8 +112,11 @@ def _json_lines(path: Path, encoding: str, bad: list[BadLine]) -> list[str]:
         if not isinstance(value, dict):
             bad.append(BadLine(number, f"a JSON {type(value).__name__}, not an object of named fields"))
             continue
-        good.append(text.rstrip("\r\n") + "\n")
-    return good
+        yield text.rstrip("\r\n"), value
+
+
+def _json_lines(path: Path, encoding: str, bad: list[BadLine]) -> list[str]:
+    return [text + "\n" for text, _ in _json_objects(path, encoding, bad)]
 
 
 def _json_document(path: Path, encoding: str) -> None:
@@ -140,7 +143,8 @@ def _json_document(path: Path, encoding: str) -> None:
         raise CorpusFileError(f"{path} holds an empty JSON list: no captions.")
 
 
-def _csv_rows(path: Path, encoding: str, delimiter: str, bad: list[BadLine]) -> list[list[str]]:
+def _iter_csv_rows(path: Path, encoding: str, delimiter: str, bad: list[BadLine]) -> Iterator[list[str]]:
+    """The rows of a CSV file (the header first), lazily; rows of another width than the header go to `bad`."""
     lines = _decoded_lines(path, encoding, bad)
     current = [0]
 
@@ -149,7 +153,6 @@ def _csv_rows(path: Path, encoding: str, delimiter: str, bad: list[BadLine]) -> 
             current[0] = number
             yield text
 
-    rows: list[list[str]] = []
     width = None
     try:
         for row in csv.reader(texts(), delimiter=delimiter):
@@ -160,10 +163,13 @@ def _csv_rows(path: Path, encoding: str, delimiter: str, bad: list[BadLine]) -> 
             elif len(row) != width:
                 bad.append(BadLine(current[0], f"{len(row)} fields where the header has {width}"))
                 continue
-            rows.append(row)
+            yield row
     except csv.Error as error:
         bad.append(BadLine(current[0], f"malformed CSV ({error})"))
-    return rows
+
+
+def _csv_rows(path: Path, encoding: str, delimiter: str, bad: list[BadLine]) -> list[list[str]]:
+    return list(_iter_csv_rows(path, encoding, delimiter, bad))
 
 
 def _describe(bad: list[BadLine]) -> str:
@@ -319,11 +325,122 @@ def _check_text_file(
     return copy
 
 
+# -- streaming ------------------------------------------------------------------------------------------------
+# The field of the marker row that `stream_corpus_rows` yields in place of a skipped line, so that whoever consumes
+# the stream counts the skip when it gets there (`training.streaming.StreamingCaptions`).
+BAD_LINE_FIELD = "__capdec_bad_line__"
+
+
+def check_streamable_file(path: Path, builder: str) -> None:
+    """The checks of a corpus file that cost no pass over it, made before a streamed run starts: not empty, and
+    (for `.json`) one object per line, since a JSON array can only be parsed whole."""
+    if path.stat().st_size == 0:
+        raise CorpusFileError(f"{path} is empty (0 bytes): a corpus needs at least one caption.")
+    if builder == "json":
+        try:
+            with open_corpus_file(path) as handle:
+                start = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        except (OSError, EOFError, lzma.LZMAError) as error:
+            raise CorpusFileError(f"Cannot decompress {path}: {type(error).__name__}: {error}.") from error
+        if start.startswith(b"["):
+            raise CorpusFileError(
+                f"Cannot stream {path}: a JSON array is parsed whole, not line by line. Write one object per "
+                "line (.jsonl), or train without --streaming."
+            )
+
+
+def stream_corpus_rows(
+    paths: list[str],
+    builder: str,
+    encoding: str = "utf-8",
+    skip_bad_lines: bool = False,
+    delimiter: str = ",",
+    text_column: str = "text",
+) -> Iterator[dict]:
+    """The rows of text corpus files, read lazily line by line with the checks of `check_corpus_file`.
+
+    A JSON line gives its object, a CSV row a dict keyed by the header (every field as text), a text line
+    `{text_column: line}`. A bad line (bytes not valid in `encoding`, malformed JSON, a line that is not an object,
+    a CSV row of another width than the header) raises `CorpusFileError` naming the file, the line and the
+    reason, or with `skip_bad_lines` gives a row `{BAD_LINE_FIELD: "<file> line <n>: <reason>"}` in its place, to
+    be counted by the consumer. A corrupt compressed file raises `CorpusFileError` when the stream reaches it.
+
+    This is the generator of `datasets.IterableDataset.from_generator(..., gen_kwargs={"paths": [...]})`: the
+    paths are its shards.
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "captions.jsonl"
+    >>> _ = path.write_text('{"caption": "a dog"}\\nnot json\\n')
+    >>> list(stream_corpus_rows([str(path)], "json", skip_bad_lines=True))[1]
+    {'__capdec_bad_line__': '...captions.jsonl line 2: malformed JSON (Expecting value at column 1)'}
+
+    ```
+    """
+    for name in paths:
+        path = Path(name)
+        try:
+            yield from _stream_file(path, builder, encoding, skip_bad_lines, delimiter, text_column)
+        except (OSError, EOFError, lzma.LZMAError) as error:
+            if not split_compression(path)[1] or isinstance(error, FileNotFoundError):
+                raise
+            raise CorpusFileError(
+                f"Cannot decompress {path}: {type(error).__name__}: {error}. Is the file complete and compressed "
+                "as its name says?"
+            ) from error
+
+
+def _stream_file(
+    path: Path, builder: str, encoding: str, skip_bad_lines: bool, delimiter: str, text_column: str
+) -> Iterator[dict]:
+    bad: list[BadLine] = []
+    if builder == "json":
+        rows: Iterator[dict] = (value for _, value in _json_objects(path, encoding, bad))
+    elif builder == "csv":
+        rows = _csv_dicts(_iter_csv_rows(path, encoding, delimiter, bad))
+    else:
+        rows = ({text_column: text.rstrip("\r\n")} for _, text in _decoded_lines(path, encoding, bad))
+    reported = 0
+    for row in rows:
+        # Lines found bad while reading up to this row come before it in the file.
+        for entry in bad[reported:]:
+            yield _bad_line_row(path, builder, encoding, entry, skip_bad_lines)
+        reported = len(bad)
+        yield row
+    for entry in bad[reported:]:
+        yield _bad_line_row(path, builder, encoding, entry, skip_bad_lines)
+
+
+def _csv_dicts(rows: Iterator[list[str]]) -> Iterator[dict]:
+    header = next(rows, None)
+    for row in rows:
+        yield dict(zip(header, row, strict=True))
+
+
+def _bad_line_row(path: Path, builder: str, encoding: str, entry: BadLine, skip_bad_lines: bool) -> dict:
+    if skip_bad_lines:
+        return {BAD_LINE_FIELD: f"{path} line {entry.line}: {entry.reason}"}
+    way_on = (
+        "Give the file's encoding (--train_file_encoding, e.g. latin-1), or pass --skip_bad_lines to skip and "
+        "count such lines."
+        if "is not valid" in entry.reason
+        else "Fix the line, or pass --skip_bad_lines to skip and count bad lines."
+    )
+    raise CorpusFileError(
+        f"Cannot read {path} as {builder}: line {entry.line}: {entry.reason} (found while streaming). {way_on}"
+    )
+
+
 __all__ = [
+    "BAD_LINE_FIELD",
     "BadLine",
     "COMPRESSIONS",
     "CorpusFileError",
     "check_corpus_file",
+    "check_streamable_file",
     "open_corpus_file",
     "split_compression",
+    "stream_corpus_rows",
 ]

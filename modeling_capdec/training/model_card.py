@@ -106,7 +106,7 @@ def model_card_fields(
     cleaning_summary: str,
     corpus_size: int,
     trained_steps: int,
-    trained_epochs: float,
+    trained_epochs: float | str,
     eval_set: str | None = None,
     metrics: Mapping[str, float] | None = None,
     hub_dataset: str | None = None,
@@ -250,7 +250,7 @@ def _mapper_description(config: Any) -> str:
     return "MLP (Linear → Tanh → Linear)"
 
 
-def _hyperparameters(args: Any, trained_steps: int, trained_epochs: float) -> dict[str, str]:
+def _hyperparameters(args: Any, trained_steps: int, trained_epochs: float | str) -> dict[str, str]:
     processes = f"process{'es' if args.world_size > 1 else ''}"
     return {
         "learning rate": f"{args.learning_rate:g}",
@@ -258,7 +258,8 @@ def _hyperparameters(args: Any, trained_steps: int, trained_epochs: float) -> di
         f"{args.warmup_steps:g} warmup steps",
         "batch size": f"{args.per_device_train_batch_size} per device × {args.world_size} {processes} × "
         f"{args.gradient_accumulation_steps} accumulation",
-        "epochs": f"{trained_epochs:.3g}",
+        # A streamed run describes its passes over the stream (Trainer's epoch of a stream means nothing).
+        "epochs": trained_epochs if isinstance(trained_epochs, str) else f"{trained_epochs:.3g}",
         "optimizer steps": str(trained_steps),
         "weight decay": f"{args.weight_decay:g}",
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",

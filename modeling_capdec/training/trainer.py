@@ -24,9 +24,17 @@ from ..convert.open_clip import resolve_clip_model
 from ..modeling_capdec import CapDecForConditionalGeneration
 from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
+from .data import load_dataset_source, prepare_training_dataset
 from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
+from .streaming import (
+    StreamingCaptions,
+    StreamingCleaningReport,
+    StreamingReportCallback,
+    check_streaming_arguments,
+    prepare_streaming_dataset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +139,10 @@ class CapDecTrainer(Trainer):
     `create_model_card` writes the CapDec card from `model_card_template` and `model_card_fields` (also when
     pushing to the Hub), instead of Trainer's generic one.
 
+    A `training.streaming.StreamingCaptions` training set (`--streaming`) has its Trainer settings checked
+    (`check_streaming_arguments`: `max_steps`, no dataloader workers, no batch dispatching) and its cleaning counts
+    logged as it is read (`StreamingReportCallback`).
+
     Batches of a collator with `embed_on_the_fly=True` carry CLIP token ids instead of embeddings: each step
     embeds them with the model's frozen CLIP on the training device and noises them with the collator's
     `add_noise`, so the noise is the collator's in both modes.
@@ -146,11 +158,19 @@ class CapDecTrainer(Trainer):
     """
 
     def __init__(self, *args, model_card_template: str | os.PathLike | None = MODEL_CARD_TEMPLATE, **kwargs):
+        # Trainer's positional order: model, args, data_collator, train_dataset. A stream needs its settings before
+        # Trainer builds the accelerator (train_capdec.py checks them earlier; this covers direct use).
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        train_dataset = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+        if isinstance(train_dataset, StreamingCaptions) and training_args is not None:
+            check_streaming_arguments(training_args)
         super().__init__(*args, **kwargs)
         if not any(
             isinstance(callback, NonFiniteGuardCallback) for callback in self.callback_handler.callbacks
         ):
             self.add_callback(NonFiniteGuardCallback())
+        if isinstance(self.train_dataset, StreamingCaptions):  # a stream's cleaning counts, as it is read
+            self.add_callback(StreamingReportCallback(self.train_dataset.report))
         self.model_card_template = model_card_template
         self.model_card_fields: dict[str, str] = {}
         self.last_eval_predictions: dict[Any, str] | None = None
@@ -384,6 +404,8 @@ def check_run_arguments(data_args: Any, training_args: Any) -> None:
             "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
             "must draw fresh noise): leave it off."
         )
+    if data_args.streaming:
+        check_streaming_arguments(training_args)
     if data_args.mode == "supervised" and training_args.noise_variance > 0:
         logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
 
@@ -479,6 +501,38 @@ def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: 
     return collator
 
 
+def training_corpus(model: Any, processor: Any, data_args: Any, training_args: Any) -> tuple[Any, Any]:
+    """The run's training set and its cleaning report, printed on process 0 at any log level (what cleaning
+    drops is never silent).
+
+    By default the corpus is cleaned, tokenised and embedded once (`training.data.prepare_training_dataset`,
+    cached on disk: process 0 prepares it while the others wait, then they load the cache). With `--streaming` it
+    is a `training.streaming.StreamingCaptions`, read, cleaned and counted as training consumes it, shuffled with
+    `--streaming_shuffle_buffer` rows seeded by `--data_seed` (else `--seed`); its report fills up as it is read.
+    """
+    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
+    if data_args.streaming:
+        seed = training_args.seed if training_args.data_seed is None else training_args.data_seed
+        train_dataset, cleaning = prepare_streaming_dataset(
+            corpus, model, processor, seed=seed, **data_args.streaming_kwargs()
+        )
+    else:
+        with training_args.main_process_first(desc="preparing the corpus"):
+            train_dataset, cleaning = prepare_training_dataset(
+                corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
+            )
+    if training_args.process_index == 0 and data_args.streaming:
+        print(
+            f"Corpus streamed (shuffle buffer {data_args.streaming_shuffle_buffer} rows, seed {seed}): captions are "
+            "cleaned and tokenised as training reads them and embedded with CLIP in each step (--embed_on_the_fly "
+            "is implied). Corpus cleaning: counted as the stream is read (logged with the loss, printed at the end).",
+            flush=True,
+        )
+    elif training_args.process_index == 0:
+        print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
+    return train_dataset, cleaning
+
+
 def finish_run(
     trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
 ) -> None:
@@ -487,6 +541,9 @@ def finish_run(
     from ..evaluation.captioning import write_coco_results
 
     args = trainer.args
+    streamed = isinstance(cleaning, StreamingCleaningReport)
+    if streamed:  # the stream's cleaning counts over the run, in train_results.json / all_results.json
+        result.metrics.update(cleaning.metrics())
     trainer.save_model()  # model.save_pretrained (weights, config, code) + processor.save_pretrained
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -512,6 +569,10 @@ def finish_run(
             "target_modules": model_args.lora_target_modules,
             "base": lora_config.base_model_name_or_path,
         }
+    corpus_size = cleaning.kept
+    if streamed:  # the examples trained on (the stream is read one batch ahead, by accelerate's dataloader)
+        step_size = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        corpus_size = trainer.state.global_step * step_size
     trainer.model_card_fields = model_card_fields(
         config,
         args,
@@ -520,9 +581,12 @@ def finish_run(
         mode=data_args.mode,
         corpus=data_args.train_source,
         cleaning_summary=cleaning.summary(),
-        corpus_size=cleaning.kept,
+        corpus_size=corpus_size,
         trained_steps=trainer.state.global_step,
-        trained_epochs=trainer.state.epoch,
+        # Trainer's epoch of a stream is the fraction of max_steps done; the passes over the stream are the epochs.
+        trained_epochs=f"streamed: {cleaning.passes} complete passes, {cleaning.rows} rows read"
+        if streamed
+        else trainer.state.epoch,
         eval_set=data_args.eval_source,
         metrics=metrics,
         hub_dataset=data_args.dataset_name,
@@ -548,4 +612,5 @@ __all__ = [
     "load_capdec_for_training",
     "load_modality_offset",
     "setup_logging",
+    "training_corpus",
 ]
