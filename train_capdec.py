@@ -28,9 +28,11 @@ from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
+    attach_memory_for_run,
     check_run_arguments,
     checkpoint_to_resume,
     collator_for_run,
+    estimate_noise_for_run,
     finish_run,
     load_capdec_for_training,
     setup_logging,
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         load_eval_set(data_args.eval_source, **data_args.eval_set_kwargs()) if data_args.eval_source else None
     )
 
-    # 1. Model and processor, and the collator that draws the noise.
+    # 1. Model and processor; the corpus; the collator that draws the noise (--noise_variance auto: ε from the data).
     model, processor = load_capdec_for_training(
         model_args.clip_model,
         model_args.decoder_model,
@@ -61,16 +63,18 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         train_decoder=model_args.train_decoder,
         **model_args.architecture(),
     )
-    collator = collator_for_run(processor, model, data_args, training_args)
+    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
+    noise_estimate = estimate_noise_for_run(model, processor, corpus, data_args, training_args)
+    collator = collator_for_run(processor, model, data_args, training_args, noise_estimate)
 
     # 2. Data: clean, tokenise and embed once (cached on disk; other processes wait and load the cache).
-    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
     with training_args.main_process_first(desc="preparing the corpus"):
         train_dataset, cleaning = prepare_training_dataset(
             corpus, model, processor, device=training_args.device, **data_args.preparation_kwargs()
         )
     if training_args.process_index == 0:  # at any log level: what cleaning dropped is never silent
         print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
+    attach_memory_for_run(model, processor, train_dataset, model_args, training_args)  # --text_memory_size
     if model_args.lora_r:  # adapters in the decoder; the adapter names the folder of the model it adapts
         model = lora_from_arguments(
             model, processor, model_args, training_args.output_dir, save=training_args.should_save

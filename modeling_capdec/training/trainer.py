@@ -26,6 +26,8 @@ from .collator import CapDecDataCollator
 from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
+from .noise_estimate import NoiseEstimate, estimate_noise_from_data
+from .text_memory import text_memory_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -380,8 +382,25 @@ def check_run_arguments(data_args: Any, training_args: Any) -> None:
             "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
             "must draw fresh noise): leave it off."
         )
+    auto_noise = training_args.noise_variance == "auto"
+    if data_args.mode == "supervised" and auto_noise:
+        raise ValueError(
+            "--noise_variance auto estimates the noise of text-only training; supervised mode adds none."
+        )
     if data_args.mode == "supervised" and training_args.noise_variance > 0:
         logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
+    estimator_settings = [
+        name
+        for name in ("noise_estimator", "noise_images", "noise_group_column")
+        if getattr(training_args, name) is not None
+    ]
+    if estimator_settings and not auto_noise:
+        raise ValueError(
+            f"{', '.join('--' + name for name in estimator_settings)} only matter(s) with --noise_variance auto "
+            f"(got --noise_variance {training_args.noise_variance:g})."
+        )
+    if training_args.noise_images is not None and not os.path.isdir(training_args.noise_images):
+        raise FileNotFoundError(f"--noise_images: image folder not found: {training_args.noise_images}")
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
@@ -455,9 +474,51 @@ def checkpoint_to_resume(training_args: Any) -> str | None:
     return checkpoint
 
 
-def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: Any) -> CapDecDataCollator:
+def estimate_noise_for_run(
+    model: Any, processor: Any, corpus: Any, data_args: Any, training_args: Any
+) -> NoiseEstimate | None:
+    """`--noise_variance auto`: estimate ε from the corpus (and `--noise_images`) with the run's CLIP, print the
+    estimate and its inputs, and set `training_args.noise_variance` to it. None (and nothing done) otherwise.
+
+    Example:
+
+    ```python
+    >>> estimate = estimate_noise_for_run(model, processor, corpus, data_args, training_args)  # doctest: +SKIP
+    Noise from data: ε = 0.0019 (pseudo_pairs: cosine 0.9443, d = 64, 20000 captions, 1000 images)
+    ```
+    """
+    if training_args.noise_variance != "auto":
+        return None
+    estimate = estimate_noise_from_data(
+        model,
+        processor,
+        corpus,
+        caption_column=data_args.caption_column,
+        image_folder=training_args.noise_images,
+        group_column=training_args.noise_group_column,
+        estimator=training_args.noise_estimator,
+        max_captions=training_args.noise_estimate_captions,
+        max_images=training_args.noise_estimate_images,
+        batch_size=data_args.embedding_batch_size,
+        device=training_args.device,
+        seed=training_args.seed,
+    )
+    if training_args.process_index == 0:  # at any log level, as the corpus cleaning
+        print(f"Noise from data: {estimate.summary()}", flush=True)
+    training_args.noise_variance = estimate.noise_variance
+    return estimate
+
+
+def collator_for_run(
+    processor: Any,
+    model: Any,
+    data_args: Any,
+    training_args: Any,
+    noise_estimate: NoiseEstimate | None = None,
+) -> CapDecDataCollator:
     """The run's collator (the one place noise is drawn; its settings are checked here, in seconds), and the noise
-    recorded in the model's config as `training_noise` (metadata for config.json and the model card)."""
+    recorded in the model's config as `training_noise` (metadata for config.json and the model card), with the
+    estimate and its inputs when ε was estimated from the data (`--noise_variance auto`)."""
     offset_file = training_args.modality_offset_file
     collator = CapDecDataCollator(
         processor,
@@ -472,7 +533,24 @@ def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: 
         pad_to_multiple_of=data_args.pad_to_multiple_of,
     )
     model.config.training_noise = collator.settings()
+    if noise_estimate is not None:
+        model.config.training_noise["estimate"] = noise_estimate.as_record()
     return collator
+
+
+def attach_memory_for_run(
+    model: Any, processor: Any, train_dataset: Any, model_args: Any, training_args: Any
+) -> None:
+    """`--text_memory_size N`: store N CLIP text embeddings of distinct training captions (seeded by `--seed`) in the
+    model, to be saved with its weights. Nothing without it."""
+    if not model_args.text_memory_size:
+        return
+    memory = text_memory_for_run(
+        model, processor, train_dataset, model_args.text_memory_size, training_args.seed
+    )
+    model.set_text_memory(memory)
+    if training_args.process_index == 0:
+        print(f"Text memory: {memory.shape[0]} caption embeddings stored with the model.", flush=True)
 
 
 def finish_run(
@@ -531,9 +609,11 @@ def finish_run(
 
 
 __all__ = [
+    "attach_memory_for_run",
     "CapDecNoiseCallback",
     "CapDecTrainer",
     "collator_for_run",
+    "estimate_noise_for_run",
     "NonFiniteGuardCallback",
     "NonFiniteTrainingError",
     "check_run_arguments",
