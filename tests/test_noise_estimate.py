@@ -1,6 +1,7 @@
 """Choosing ε from data: the estimators on synthetic clouds with a known spread or gap, and the parsing of
 `--noise_variance auto`."""
 
+import json
 import math
 
 import pytest
@@ -123,3 +124,20 @@ def test_noise_variance_setting_reads_numbers_and_auto():
     assert CapDecTrainingArguments(output_dir="out", noise_variance=0.016).noise_variance == 0.016
     with pytest.raises(ValueError, match="--noise_variance must be a number >= 0 or 'auto', got 'lots'"):
         noise_variance_setting("lots")
+
+
+def test_study_reads_a_sweep_and_finds_the_nearest_swept_noise(tmp_path):
+    from demo.estimate_noise_study import nearest_sweep_point, read_sweep
+
+    assert max(read_sweep(None).items(), key=lambda item: item[1])[0] == 0.004  # the README's peak
+    results = {
+        "eps=0": {"test_seen": {"CIDEr": 1.0}},
+        "eps=0.01": {"test_seen": {"CIDEr": 2.0}},
+        "supervised": {},
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"results": results}))
+    assert read_sweep(str(tmp_path / "results.json")) == {0.0: 1.0, 0.01: 2.0}
+    sweep = {0.0: 1.0, 0.001: 2.0, 0.004: 3.0, 0.016: 2.5}
+    assert nearest_sweep_point(0.0019, sweep) == 0.001  # log10 distance 0.28 against 0.32 to 0.004
+    assert nearest_sweep_point(0.0021, sweep) == 0.004
+    assert nearest_sweep_point(1e-6, sweep) == 0.0
