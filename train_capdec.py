@@ -28,7 +28,6 @@ from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
-    attach_memory_for_run,
     check_run_arguments,
     checkpoint_to_resume,
     collator_for_run,
@@ -74,7 +73,6 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         )
     if training_args.process_index == 0:  # at any log level: what cleaning dropped is never silent
         print(f"Corpus cleaning: {cleaning.summary()}", flush=True)
-    attach_memory_for_run(model, processor, train_dataset, model_args, training_args)  # --text_memory_size
     if model_args.lora_r:  # adapters in the decoder; the adapter names the folder of the model it adapts
         model = lora_from_arguments(
             model, processor, model_args, training_args.output_dir, save=training_args.should_save

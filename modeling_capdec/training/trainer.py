@@ -538,29 +538,30 @@ def collator_for_run(
     return collator
 
 
-def attach_memory_for_run(
-    model: Any, processor: Any, train_dataset: Any, model_args: Any, training_args: Any
-) -> None:
-    """`--text_memory_size N`: store N CLIP text embeddings of distinct training captions (seeded by `--seed`) in the
-    model, to be saved with its weights. Nothing without it."""
+def attach_memory_for_run(trainer: CapDecTrainer, model_args: Any) -> None:
+    """`--text_memory_size N`, after training: store N CLIP text embeddings of distinct training captions (seeded by
+    `--seed`) in the model, to be saved with its weights. Not during training, where DDP would broadcast the buffer
+    at every step. Nothing without it."""
     if not model_args.text_memory_size:
         return
+    model = trainer.accelerator.unwrap_model(trainer.model)
     memory = text_memory_for_run(
-        model, processor, train_dataset, model_args.text_memory_size, training_args.seed
+        model, trainer.processing_class, trainer.train_dataset, model_args.text_memory_size, trainer.args.seed
     )
     model.set_text_memory(memory)
-    if training_args.process_index == 0:
+    if trainer.is_world_process_zero():
         print(f"Text memory: {memory.shape[0]} caption embeddings stored with the model.", flush=True)
 
 
 def finish_run(
     trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
 ) -> None:
-    """After `trainer.train()`: save the Hub-ready folder and the state, score the eval set (unless the last
+    """After `trainer.train()`: attach the text memory (`--text_memory_size`), save the Hub-ready folder and the state, score the eval set (unless the last
     evaluation already scored these weights), write the predictions and the model card, push if asked."""
     from ..evaluation.captioning import write_coco_results
 
     args = trainer.args
+    attach_memory_for_run(trainer, model_args)  # --text_memory_size
     trainer.save_model()  # model.save_pretrained (weights, config, code) + processor.save_pretrained
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
