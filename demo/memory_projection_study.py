@@ -28,7 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--world", default=str(REPO / "demo_outputs" / "world"))
     parser.add_argument("--memory_size", type=int, default=50_000)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.01, 0.03, 0.1])
+    parser.add_argument(
+        "--temperatures", type=float, nargs="*", default=[0.01, 0.03, 0.1], help="none: projection off only"
+    )
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,7 @@
 r"""Choosing the noise variance ε from data, before training (`train_capdec.py --noise_variance auto`, and the
 `capdec-estimate-noise` command, which only reports).
 
-The rule (`/work/shared/notes/noise.md`): a unit vector $\hat x$ in $d$ dimensions plus $n \sim \mathcal N(0, \epsilon
+The rule: a unit vector $\hat x$ in $d$ dimensions plus $n \sim \mathcal N(0, \epsilon
 I)$, normalised again, keeps a cosine of about $1/\sqrt{1 + d\epsilon}$ with $\hat x$. Noise that moves a caption's
 embedding as far as an image is from its own caption (cosine $c$) therefore has
 
@@ -146,8 +146,9 @@ def pseudo_pair_cosine(
     """
     _check_same_space(image_embeds, text_embeds)
     images, texts = _unit_rows(image_embeds, "image_embeds"), _unit_rows(text_embeds, "text_embeds")
-    best = [(images[start : start + chunk_size] @ texts.T).max(dim=-1).values for start in
-            range(0, len(images), chunk_size)]  # fmt: skip
+    best = []
+    for start in range(0, len(images), chunk_size):  # (chunk, captions) similarities at a time
+        best.append((images[start : start + chunk_size] @ texts.T).max(dim=-1).values)
     return float(torch.cat(best).mean())
 
 
