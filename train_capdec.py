@@ -25,6 +25,7 @@ from transformers import set_seed
 from modeling_capdec.commands.recipes import parse_recipe_and_args
 from modeling_capdec.evaluation.eval_sets import load_eval_set
 from modeling_capdec.training.arguments import CapDecTrainingArguments, DataArguments, ModelArguments
+from modeling_capdec.training.data import load_dataset_source
 from modeling_capdec.training.launch import warn_if_single_process_launch
 from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
@@ -33,6 +34,7 @@ from modeling_capdec.training.trainer import (
     check_run_arguments,
     checkpoint_to_resume,
     collator_for_run,
+    estimate_noise_for_run,
     finish_run,
     load_capdec_for_training,
     setup_logging,
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     warn_if_single_process_launch(
         training_args.world_size
     )  # `accelerate launch --cpu --num_processes N`: one
-    check_run_arguments(data_args, training_args)
+    check_run_arguments(data_args, training_args, model_args)
     resume_from_checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
     # An eval set that cannot be read fails now, not after the corpus is embedded.
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         load_eval_set(data_args.eval_source, **data_args.eval_set_kwargs()) if data_args.eval_source else None
     )
 
-    # 1. Model and processor, and the collator that draws the noise.
+    # 1. Model and processor; the corpus; the collator that draws the noise (--noise_variance auto: ε from the data).
     model, processor = load_capdec_for_training(
         model_args.clip_model,
         model_args.decoder_model,
@@ -64,10 +66,12 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
         train_decoder=model_args.train_decoder,
         **model_args.architecture(),
     )
-    collator = collator_for_run(processor, model, data_args, training_args)
+    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
+    noise_estimate = estimate_noise_for_run(model, processor, corpus, data_args, training_args)
+    collator = collator_for_run(processor, model, data_args, training_args, noise_estimate)
 
     # 2. Data: cleaned, tokenised and embedded once (cached on disk), or with --streaming as training reads it.
-    train_dataset, cleaning = training_corpus(model, processor, data_args, training_args)
+    train_dataset, cleaning = training_corpus(corpus, model, processor, data_args, training_args)
     if model_args.lora_r:  # adapters in the decoder; the adapter names the folder of the model it adapts
         model = lora_from_arguments(
             model, processor, model_args, training_args.output_dir, save=training_args.should_save

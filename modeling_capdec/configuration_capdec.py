@@ -28,6 +28,9 @@ class CapDecConfig(PreTrainedConfig):
         normalize_prefix (`bool`, True): L2-normalise the CLIP embedding before the mapper.
         train_decoder (`bool`, True): train the decoder as well as the mapper; False is the paper's
             `only_prefix` setting (the model then keeps the decoder frozen and in eval mode).
+        text_memory_size (`int`, 0): rows of the text memory, normalised CLIP text embeddings of training
+            captions saved with the weights (`text_memory`, `(text_memory_size, clip_projection_dim)`), onto which
+            `generate(..., project_to_memory=True)` projects image embeddings. 0: no memory.
 
     The training noise (ε, its type, a modality offset) is not part of the model: the training collator draws
     it (`modeling_capdec.training`), and `train_capdec.py` records what it used in the saved config as
@@ -64,6 +67,7 @@ class CapDecConfig(PreTrainedConfig):
     normalize_prefix: bool = True
     train_decoder: bool = True
     tie_word_embeddings: bool = True
+    text_memory_size: int = 0
 
     def validate_capdec(self) -> None:
         """Checked at construction (by `@strict`): every error names the field at fault."""
@@ -71,6 +75,10 @@ class CapDecConfig(PreTrainedConfig):
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"CapDecConfig.{name} must be a positive integer, got {value}.")
+        if self.text_memory_size < 0:
+            raise ValueError(
+                f"CapDecConfig.text_memory_size must be >= 0 (0: no memory), got {self.text_memory_size}."
+            )
         if self.mapping_mlp_ratio <= 0:
             raise ValueError(f"CapDecConfig.mapping_mlp_ratio must be > 0, got {self.mapping_mlp_ratio}.")
         if self.mapping_type == "transformer" and self.decoder_hidden_size % self.num_mapping_heads:

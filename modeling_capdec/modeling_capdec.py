@@ -39,6 +39,9 @@ logger = logging.get_logger(__name__)
 # (register_for_auto_class keeps one Auto class per class: the other entries are written here.)
 # Caption length when neither the call nor the generation config sets one: the original code's entry_length.
 DEFAULT_MAX_NEW_TOKENS = 67
+# τ of the projection onto the text memory when the call sets none: the best of those measured on the shapes world
+# (0.001, 0.003, 0.01, 0.03, 0.1; README "Projection onto the text memory"), not a value from the DeCap paper.
+DEFAULT_MEMORY_TEMPERATURE = 0.001
 
 HUB_AUTO_MAP = {
     "AutoConfig": "configuration_capdec.CapDecConfig",
@@ -395,6 +398,14 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             self.clip_project = CapDecMLPMapper(self.config)
         else:
             self.clip_project = CapDecTransformerMapper(self.config)
+        # The text memory of `project_to_text_memory`: a buffer only when the config declares rows, so that folders
+        # saved without one load as before, and one with a memory gets it back from model.safetensors.
+        memory_rows = self.config.text_memory_size
+        self.register_buffer(
+            "text_memory",
+            torch.zeros(memory_rows, self.config.clip_projection_dim) if memory_rows else None,
+            persistent=True,
+        )
         # Our labels are already aligned with the prefix: every label != -100 is a prediction target. With
         # the "ForConditionalGeneration" loss type Trainer would count over labels[..., 1:] and over-scale.
         self.loss_type = None
@@ -591,18 +602,95 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         features = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return self._maybe_normalize(self._features(features), normalize)
 
+    # -- text memory (DeCap's projection) ---------------------------------------------------------------
+    def set_text_memory(self, text_embeds: torch.Tensor | None) -> None:
+        """Store `text_embeds` `(rows, clip_projection_dim)`, CLIP text embeddings of training captions, as the
+        model's text memory: normalised, float32, saved in model.safetensors as `text_memory` (and
+        `config.text_memory_size` set to `rows`). `None` removes the memory.
+
+        Example:
+
+        ```python
+        >>> model.set_text_memory(model.get_text_embeds(**processor.clip_tokenizer(captions, padding=True,
+        ...                                                                        return_tensors="pt")))
+        >>> model.config.text_memory_size == len(captions)
+        True
+        ```
+        """
+        if text_embeds is None:
+            self.text_memory = None
+            self.config.text_memory_size = 0
+            return
+        expected = self.config.clip_projection_dim
+        if text_embeds.dim() != 2 or text_embeds.shape[0] == 0 or text_embeds.shape[1] != expected:
+            raise ValueError(
+                f"The text memory must have shape (rows >= 1, {expected}), got {tuple(text_embeds.shape)}."
+            )
+        memory = text_embeds.detach().float()
+        norms = memory.norm(dim=-1)
+        if not bool(torch.isfinite(memory).all()) or bool((norms == 0).any()):
+            raise ValueError("The text memory holds a row that is zero or not finite (inf or NaN).")
+        self.text_memory = (memory / norms[:, None]).to(self.device)
+        self.config.text_memory_size = memory.shape[0]
+
+    def project_to_text_memory(
+        self, clip_embeds: torch.Tensor, temperature: float = DEFAULT_MEMORY_TEMPERATURE
+    ) -> torch.Tensor:
+        r"""Replace each CLIP embedding by a similarity-weighted combination of the text memory, as DeCap does (Li
+        et al., "DeCap: Decoding CLIP Latents for Zero-Shot Captioning via Text-Only Training", ICLR 2023):
+
+        $$v' = \frac{\sum_i w_i m_i}{\lVert \sum_i w_i m_i \rVert_2}, \qquad
+        w = \operatorname{softmax}_i\left(\frac{m_i^\top \hat v}{\tau}\right)$$
+
+        with $m_i$ the normalised memory rows and $\hat v$ the normalised embedding. As $\tau \to 0$ this is the
+        nearest memory row, as $\tau \to \infty$ the (normalised) memory mean. The decoder then sees an embedding
+        from the region of text embeddings it was trained on.
+
+        Args:
+            clip_embeds: `(batch, clip_projection_dim)` CLIP embeddings (normalised or not).
+            temperature: τ > 0.
+
+        Returns:
+            `(batch, clip_projection_dim)` unit-norm embeddings, in the dtype of `clip_embeds`.
+
+        Example:
+
+        ```python
+        >>> projected = model.project_to_text_memory(model.get_image_embeds(pixel_values), temperature=0.01)
+        ```
+        """
+        if self.text_memory is None:
+            raise ValueError(
+                "This model has no text memory to project onto (config.text_memory_size is 0): train with "
+                "--text_memory_size N, or attach one with model.set_text_memory(text_embeds) "
+                "(modeling_capdec.training.text_memory.attach_text_memory for a saved folder)."
+            )
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"memory_temperature must be a number > 0, got {temperature!r}.")
+        memory = self.text_memory.float()
+        query = F.normalize(clip_embeds.float().to(memory.device), dim=-1)
+        weights = torch.softmax(query @ memory.T / temperature, dim=-1)
+        return F.normalize(weights @ memory, dim=-1).to(clip_embeds.dtype)
+
     def get_prefix_embeds(
         self,
         pixel_values: torch.Tensor | None = None,
         clip_input_ids: torch.Tensor | None = None,
         clip_attention_mask: torch.Tensor | None = None,
         clip_embeds: torch.Tensor | None = None,
+        project_to_memory: bool = False,
+        memory_temperature: float | None = None,
     ) -> torch.Tensor:
         """Map one CLIP input per example to the decoder prefix `(batch, prefix_length, hidden)`.
 
         Exactly one of `pixel_values`, `clip_input_ids` or precomputed `clip_embeds` is used. The model never
         adds noise: text-only training passes `clip_embeds` that the training collator has already noised.
+        With `project_to_memory=True` the CLIP embedding is first replaced by its projection onto the text memory
+        ([`~CapDecForConditionalGeneration.project_to_text_memory`], temperature `memory_temperature`, default
+        `DEFAULT_MEMORY_TEMPERATURE`).
         """
+        if memory_temperature is not None and not project_to_memory:
+            raise ValueError("memory_temperature is used only with project_to_memory=True.")
         given = [
             name
             for name, value in (
@@ -629,6 +717,9 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
                     f"clip_embeds must have shape (batch, {expected}), got {tuple(clip_embeds.shape)}."
                 )
             clip_embeds = self._maybe_normalize(clip_embeds, None)
+        if project_to_memory:
+            temperature = DEFAULT_MEMORY_TEMPERATURE if memory_temperature is None else memory_temperature
+            clip_embeds = self.project_to_text_memory(clip_embeds, temperature)
         mapper_weight = next(self.clip_project.parameters())
         return self.clip_project(clip_embeds.to(device=mapper_weight.device, dtype=mapper_weight.dtype))
 
@@ -881,6 +972,8 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         `return_dict_in_generate=True` (whose `scores`/`logits` cover the new tokens). To continue a caption,
         pass its `sequences` as `input_ids` with the returned `cache` and the same CLIP input.
         `position_ids`, if given, count from the first prompt token (the prefix is placed before them).
+        `project_to_memory=True` (with `memory_temperature=τ`) first projects the CLIP embedding onto the model's
+        text memory ([`~CapDecForConditionalGeneration.project_to_text_memory`]); off by default.
 
         Example:
 
@@ -904,6 +997,10 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             )
         generate_kwargs.pop("token_type_ids", None)
         original_beam_search = generate_kwargs.pop("original_beam_search", False)
+        memory_kwargs = {
+            "project_to_memory": generate_kwargs.pop("project_to_memory", False),
+            "memory_temperature": generate_kwargs.pop("memory_temperature", None),
+        }
         # `cache` is the v5 name; `past_key_values`, the older one, is accepted as well.
         if "past_key_values" in generate_kwargs:
             generate_kwargs["cache"] = generate_kwargs.pop("past_key_values")
@@ -913,6 +1010,7 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
             clip_input_ids=clip_input_ids,
             clip_attention_mask=clip_attention_mask,
             clip_embeds=clip_embeds,
+            **memory_kwargs,
         )
         has_prompt = input_ids is not None and input_ids.shape[-1] > 0
         if original_beam_search:

@@ -23,7 +23,8 @@ class CapDecImageToTextPipeline(Pipeline):
     (and a warning), so one broken file does not cost a large batch.
 
     Each image gets its own list of `num_return_sequences` captions (default 1), whatever the `batch_size`.
-    Keyword arguments not listed below go to `model.generate` (`num_beams`, `do_sample`, `top_p`, ...).
+    Keyword arguments not listed below go to `model.generate` (`num_beams`, `do_sample`, `top_p`, ...; also
+    `project_to_memory=True` and `memory_temperature` for a model with a text memory).
 
     Example:
 

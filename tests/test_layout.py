@@ -105,7 +105,7 @@ def _run_installed(installed: Path, command: str, cwd: Path) -> subprocess.Compl
     )
 
 
-@pytest.mark.parametrize("command", ["capdec-train", "capdec-evaluate"])
+@pytest.mark.parametrize("command", ["capdec-train", "capdec-evaluate", "capdec-estimate-noise"])
 def test_installed_commands_print_their_help(installed, command, tmp_path):
     result = _run_installed(installed, command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -161,6 +161,9 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
         "demo.shapes_world",
         "demo.train_tiny_clip",
         "demo.app",
+        "demo.estimate_noise_study",
+        "demo.memory_projection_study",
+        "modeling_capdec.commands.estimate_noise",
         "benchmarks.bench_captioning",
         "benchmarks.bench_embedding",
         "benchmarks.bench_memory",

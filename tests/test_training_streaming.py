@@ -267,6 +267,11 @@ def test_resumed_streamed_run_matches_the_uninterrupted_one(parts, tmp_path):  #
             r"--preprocessing_num_workers cannot be used with --streaming",
         ),
         ("--max_steps 2 --streaming_shuffle_buffer -1", r"--streaming_shuffle_buffer must be >= 0 .*got -1"),
+        (
+            "--max_steps 2 --noise_variance auto",
+            r"--noise_variance auto with --streaming: .*capdec-estimate-noise",
+        ),
+        ("--max_steps 2 --text_memory_size 8", r"--text_memory_size with --streaming: .*attach_text_memory"),
     ],
 )
 def test_options_that_cannot_stream_are_refused_by_name(parts, tmp_path, extra, message):  # noqa: F811

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from transformers import Seq2SeqTrainingArguments
 
+from .noise_estimate import ESTIMATORS
+
 DEFAULT_EVAL_METRICS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
 # Data options that a streamed run cannot honour, and why (DataArguments refuses them by name).
 NOT_WITH_STREAMING = {
@@ -77,6 +79,14 @@ class ModelArguments:
             "that loads without peft."
         },
     )
+    text_memory_size: int = field(
+        default=0,
+        metadata={
+            "help": "Store N CLIP text embeddings of distinct training captions (a seeded sample, after cleaning) "
+            "with the model, for generate(..., project_to_memory=True): DeCap's projection of the image "
+            "embedding onto the text region the decoder was trained on. 0: no memory."
+        },
+    )
 
     def __post_init__(self) -> None:
         lora_only = [
@@ -85,6 +95,14 @@ class ModelArguments:
         lora_only += [name for name in ("lora_mapper", "merge_lora") if getattr(self, name)]
         if self.lora_r is None and lora_only:
             raise ValueError(f"{', '.join('--' + n for n in lora_only)} need(s) --lora_r (the LoRA rank).")
+        if self.text_memory_size < 0:
+            raise ValueError(f"--text_memory_size must be >= 0 (0: no memory), got {self.text_memory_size}.")
+        if self.text_memory_size and self.lora_r is not None:
+            raise ValueError(
+                "--text_memory_size with --lora_r: a LoRA folder holds only the adapters, not the memory. Train "
+                "without it, then attach one to the merged folder (modeling_capdec.training.text_memory."
+                "attach_text_memory)."
+            )
 
     def architecture(self) -> dict[str, Any]:
         """The `CapDecConfig` fields given on the command line (the others keep the config's defaults)."""
@@ -329,8 +347,43 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "CapDec uses every trainable parameter in every step: no unused-parameter search."},
     )
-    noise_variance: float = field(
-        default=0.016, metadata={"help": "ε, the variance of the Gaussian noise (std sqrt(ε)); 0 = no noise."}
+    # A string on the command line ("auto" or a number), a float after __post_init__ unless "auto".
+    noise_variance: str = field(
+        default="0.016",
+        metadata={
+            "help": "ε, the variance of the Gaussian noise (std sqrt(ε)); 0 = no noise; auto = estimated from the "
+            "data before training (--noise_estimator, --noise_images, --noise_group_column)."
+        },
+    )
+    noise_estimator: Literal["pseudo_pairs", "centroids", "caption_groups"] | None = field(
+        default=None,
+        metadata={
+            "help": "How --noise_variance auto estimates ε (modeling_capdec.training.noise_estimate): pseudo_pairs "
+            "or centroids compare --noise_images with the corpus, caption_groups uses the corpus alone. Default: "
+            "pseudo_pairs with images, caption_groups without."
+        },
+    )
+    noise_images: str | None = field(
+        default=None,
+        metadata={
+            "help": "A folder of unlabelled target-domain images (no captions: training stays text-only) for "
+            "--noise_variance auto."
+        },
+    )
+    noise_group_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "For --noise_estimator caption_groups: the corpus column naming each caption's image or scene "
+            "(default: the captions of one row, when a row holds a list)."
+        },
+    )
+    noise_estimate_captions: int = field(
+        default=20_000,
+        metadata={"help": "Captions (whole groups, a seeded sample) --noise_variance auto embeds."},
+    )
+    noise_estimate_images: int = field(
+        default=2_000,
+        metadata={"help": "Images of --noise_images (a seeded sample) --noise_variance auto embeds."},
     )
     noise_type: Literal["gaussian", "uniform"] = field(
         default="gaussian", metadata={"help": "gaussian, or uniform in the ball of radius sqrt(ε)."}
@@ -354,5 +407,45 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         },
     )
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.noise_variance = noise_variance_setting(self.noise_variance)
+        if self.noise_estimator not in (None, *ESTIMATORS):  # set after parsing, or given in code
+            raise ValueError(
+                f"--noise_estimator must be one of {list(ESTIMATORS)}, got {self.noise_estimator!r}."
+            )
+        for name in ("noise_estimate_captions", "noise_estimate_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
 
-__all__ = ["CapDecTrainingArguments", "DataArguments", "DEFAULT_EVAL_METRICS", "ModelArguments"]
+
+def noise_variance_setting(value: str | float) -> float | str:
+    """`--noise_variance` as the run uses it: a float, or `"auto"` (estimated from the data before training).
+    The number itself (finite, >= 0) is checked where the noise is drawn (`noise.check_noise_settings`).
+
+    Example:
+
+    ```python
+    >>> noise_variance_setting("0.004"), noise_variance_setting("auto"), noise_variance_setting(0.016)
+    (0.004, 'auto', 0.016)
+    ```
+    """
+    if isinstance(value, str):
+        if value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"--noise_variance must be a number >= 0 or 'auto', got {value!r}.") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"--noise_variance must be a number >= 0 or 'auto', got {value!r}.")
+    return float(value)
+
+
+__all__ = [
+    "CapDecTrainingArguments",
+    "DataArguments",
+    "DEFAULT_EVAL_METRICS",
+    "ModelArguments",
+    "noise_variance_setting",
+]

@@ -153,6 +153,7 @@ def model_card_fields(
         "cleaning": cleaning_summary,
         "noise": _noise_description(mode, noise),
         "modality_offset": "yes" if noise.get("modality_offset") is not None else "no",
+        "text_memory": _text_memory_description(config),
         "mapper": _mapper_description(config),
         "prefix_length": str(config.prefix_length),
         "decoder_training": _decoder_training(config, lora),
@@ -236,9 +237,30 @@ def _noise_description(mode: str, noise: Mapping[str, Any]) -> str:
     if mode != "text":
         return "none (supervised training on image embeddings)"
     variance = noise.get("noise_variance", 0.0)
-    if variance > 0:
-        return f"{noise.get('noise_type', 'gaussian')}, ε = {variance:g} (std {math.sqrt(variance):.3f})"
-    return "none (ε = 0)"
+    description = (
+        f"{noise.get('noise_type', 'gaussian')}, ε = {variance:g} (std {math.sqrt(variance):.3f})"
+        if variance > 0
+        else "none (ε = 0)"
+    )
+    estimate = noise.get("estimate")
+    if estimate:  # --noise_variance auto: what the estimate was computed from
+        inputs = [f"{estimate['num_captions']} captions"]
+        if estimate.get("num_images"):
+            inputs.append(f"{estimate['num_images']} unlabelled images")
+        if estimate.get("num_groups"):
+            inputs.append(f"{estimate['num_groups']} caption groups")
+        description += (
+            f"; estimated from the data before training ({estimate['estimator']}: cosine {estimate['cosine']:.4f}, "
+            f"d = {estimate['dim']}, {', '.join(inputs)}; ε = (1/c² − 1)/d)"
+        )
+    return description
+
+
+def _text_memory_description(config: Any) -> str:
+    rows = getattr(config, "text_memory_size", 0) or 0
+    if not rows:
+        return "none"
+    return f"{rows:,} CLIP text embeddings of training captions (`generate(..., project_to_memory=True)`; off by default)"
 
 
 def _mapper_description(config: Any) -> str:

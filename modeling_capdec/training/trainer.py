@@ -24,10 +24,11 @@ from ..convert.open_clip import resolve_clip_model
 from ..modeling_capdec import CapDecForConditionalGeneration
 from ..processing_capdec import CapDecProcessor, check_processor_matches_model
 from .collator import CapDecDataCollator
-from .data import load_dataset_source, prepare_training_dataset
+from .data import prepare_training_dataset
 from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
 from .noise import EXAMPLE_ID_COLUMN
+from .noise_estimate import NoiseEstimate, estimate_noise_from_data
 from .streaming import (
     StreamingCaptions,
     StreamingCleaningReport,
@@ -35,6 +36,7 @@ from .streaming import (
     check_streaming_arguments,
     prepare_streaming_dataset,
 )
+from .text_memory import text_memory_for_run
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +386,7 @@ def setup_logging(training_args: Any) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def check_run_arguments(data_args: Any, training_args: Any) -> None:
+def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = None) -> None:
     """Checks that would otherwise fail hours into a run (single settings are checked when parsed:
     `commands.recipes.check_settings`)."""
     if data_args.train_source is None:
@@ -404,10 +406,38 @@ def check_run_arguments(data_args: Any, training_args: Any) -> None:
             "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
             "must draw fresh noise): leave it off."
         )
+    auto_noise = training_args.noise_variance == "auto"
     if data_args.streaming:
         check_streaming_arguments(training_args)
+        # Both read the corpus before (ε) or after (memory) training, which a stream read once cannot give.
+        if auto_noise:
+            raise ValueError(
+                "--noise_variance auto with --streaming: the estimate needs the corpus before training. Run "
+                "`capdec-estimate-noise` on a sample of it and pass the printed ε as --noise_variance."
+            )
+        if model_args is not None and model_args.text_memory_size:
+            raise ValueError(
+                "--text_memory_size with --streaming: the memory is sampled from the prepared corpus. Attach one "
+                "after training with `modeling_capdec.training.text_memory.attach_text_memory`."
+            )
+    if data_args.mode == "supervised" and auto_noise:
+        raise ValueError(
+            "--noise_variance auto estimates the noise of text-only training; supervised mode adds none."
+        )
     if data_args.mode == "supervised" and training_args.noise_variance > 0:
         logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
+    estimator_settings = [
+        name
+        for name in ("noise_estimator", "noise_images", "noise_group_column")
+        if getattr(training_args, name) is not None
+    ]
+    if estimator_settings and not auto_noise:
+        raise ValueError(
+            f"{', '.join('--' + name for name in estimator_settings)} only matter(s) with --noise_variance auto "
+            f"(got --noise_variance {training_args.noise_variance:g})."
+        )
+    if training_args.noise_images is not None and not os.path.isdir(training_args.noise_images):
+        raise FileNotFoundError(f"--noise_images: image folder not found: {training_args.noise_images}")
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
@@ -481,9 +511,51 @@ def checkpoint_to_resume(training_args: Any) -> str | None:
     return checkpoint
 
 
-def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: Any) -> CapDecDataCollator:
+def estimate_noise_for_run(
+    model: Any, processor: Any, corpus: Any, data_args: Any, training_args: Any
+) -> NoiseEstimate | None:
+    """`--noise_variance auto`: estimate ε from the corpus (and `--noise_images`) with the run's CLIP, print the
+    estimate and its inputs, and set `training_args.noise_variance` to it. None (and nothing done) otherwise.
+
+    Example:
+
+    ```python
+    >>> estimate = estimate_noise_for_run(model, processor, corpus, data_args, training_args)  # doctest: +SKIP
+    Noise from data: ε = 0.0019 (pseudo_pairs: cosine 0.9443, d = 64, 20000 captions, 1000 images)
+    ```
+    """
+    if training_args.noise_variance != "auto":
+        return None
+    estimate = estimate_noise_from_data(
+        model,
+        processor,
+        corpus,
+        caption_column=data_args.caption_column,
+        image_folder=training_args.noise_images,
+        group_column=training_args.noise_group_column,
+        estimator=training_args.noise_estimator,
+        max_captions=training_args.noise_estimate_captions,
+        max_images=training_args.noise_estimate_images,
+        batch_size=data_args.embedding_batch_size,
+        device=training_args.device,
+        seed=training_args.seed,
+    )
+    if training_args.process_index == 0:  # at any log level, as the corpus cleaning
+        print(f"Noise from data: {estimate.summary()}", flush=True)
+    training_args.noise_variance = estimate.noise_variance
+    return estimate
+
+
+def collator_for_run(
+    processor: Any,
+    model: Any,
+    data_args: Any,
+    training_args: Any,
+    noise_estimate: NoiseEstimate | None = None,
+) -> CapDecDataCollator:
     """The run's collator (the one place noise is drawn; its settings are checked here, in seconds), and the noise
-    recorded in the model's config as `training_noise` (metadata for config.json and the model card)."""
+    recorded in the model's config as `training_noise` (metadata for config.json and the model card), with the
+    estimate and its inputs when ε was estimated from the data (`--noise_variance auto`)."""
     offset_file = training_args.modality_offset_file
     collator = CapDecDataCollator(
         processor,
@@ -498,10 +570,14 @@ def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: 
         pad_to_multiple_of=data_args.pad_to_multiple_of,
     )
     model.config.training_noise = collator.settings()
+    if noise_estimate is not None:
+        model.config.training_noise["estimate"] = noise_estimate.as_record()
     return collator
 
 
-def training_corpus(model: Any, processor: Any, data_args: Any, training_args: Any) -> tuple[Any, Any]:
+def training_corpus(
+    corpus: Any, model: Any, processor: Any, data_args: Any, training_args: Any
+) -> tuple[Any, Any]:
     """The run's training set and its cleaning report, printed on process 0 at any log level (what cleaning
     drops is never silent).
 
@@ -510,7 +586,6 @@ def training_corpus(model: Any, processor: Any, data_args: Any, training_args: A
     is a `training.streaming.StreamingCaptions`, read, cleaned and counted as training consumes it, shuffled with
     `--streaming_shuffle_buffer` rows seeded by `--data_seed` (else `--seed`); its report fills up as it is read.
     """
-    corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
     if data_args.streaming:
         seed = training_args.seed if training_args.data_seed is None else training_args.data_seed
         train_dataset, cleaning = prepare_streaming_dataset(
@@ -533,10 +608,25 @@ def training_corpus(model: Any, processor: Any, data_args: Any, training_args: A
     return train_dataset, cleaning
 
 
+def attach_memory_for_run(trainer: CapDecTrainer, model_args: Any) -> None:
+    """`--text_memory_size N`, after training: store N CLIP text embeddings of distinct training captions (seeded by
+    `--seed`) in the model, to be saved with its weights. Not during training, where DDP would broadcast the buffer
+    at every step. Nothing without it."""
+    if not model_args.text_memory_size:
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    memory = text_memory_for_run(
+        model, trainer.processing_class, trainer.train_dataset, model_args.text_memory_size, trainer.args.seed
+    )
+    model.set_text_memory(memory)
+    if trainer.is_world_process_zero():
+        print(f"Text memory: {memory.shape[0]} caption embeddings stored with the model.", flush=True)
+
+
 def finish_run(
     trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
 ) -> None:
-    """After `trainer.train()`: save the Hub-ready folder and the state, score the eval set (unless the last
+    """After `trainer.train()`: attach the text memory (`--text_memory_size`), save the Hub-ready folder and the state, score the eval set (unless the last
     evaluation already scored these weights), write the predictions and the model card, push if asked."""
     from ..evaluation.captioning import write_coco_results
 
@@ -544,6 +634,7 @@ def finish_run(
     streamed = isinstance(cleaning, StreamingCleaningReport)
     if streamed:  # the stream's cleaning counts over the run, in train_results.json / all_results.json
         result.metrics.update(cleaning.metrics())
+    attach_memory_for_run(trainer, model_args)  # --text_memory_size
     trainer.save_model()  # model.save_pretrained (weights, config, code) + processor.save_pretrained
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
@@ -599,9 +690,11 @@ def finish_run(
 
 
 __all__ = [
+    "attach_memory_for_run",
     "CapDecNoiseCallback",
     "CapDecTrainer",
     "collator_for_run",
+    "estimate_noise_for_run",
     "NonFiniteGuardCallback",
     "NonFiniteTrainingError",
     "check_run_arguments",

@@ -1,0 +1,142 @@
+"""The text memory of a CapDec model: CLIP text embeddings of training captions, stored with the weights, onto which
+`generate(..., project_to_memory=True)` projects image embeddings (DeCap's idea; the projection itself is the
+model's `project_to_text_memory`).
+
+The memory is chosen at training time (`train_capdec.py --text_memory_size N`: a seeded sample of the distinct
+captions left after cleaning) or attached to a saved folder afterwards with `attach_text_memory`.
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def sample_memory_rows(num_rows: int, size: int, seed: int = 0) -> list[int]:
+    """Which of `num_rows` candidates go into a memory of at most `size` rows: all of them when they fit, else a
+    seeded sample without replacement, in increasing order (the same for the same arguments).
+
+    Example:
+
+    ```python
+    >>> sample_memory_rows(3, 10), len(sample_memory_rows(1000, 10, seed=1))
+    ([0, 1, 2], 10)
+    ```
+    """
+    if size < 1:
+        raise ValueError(f"The text memory size must be >= 1, got {size}.")
+    if num_rows <= size:
+        return list(range(num_rows))
+    return sorted(np.random.default_rng(seed).choice(num_rows, size=size, replace=False).tolist())
+
+
+def _first_of_each(keys: Sequence[Any]) -> list[int]:
+    """Indices of the first occurrence of each distinct key, in order."""
+    seen: set = set()
+    first = []
+    for index, key in enumerate(keys):
+        if key not in seen:
+            seen.add(key)
+            first.append(index)
+    return first
+
+
+@torch.no_grad()
+def text_memory_from_captions(
+    captions: Sequence[str],
+    model: Any,
+    processor: Any,
+    size: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: Any = None,
+) -> torch.Tensor:
+    """Normalised CLIP text embeddings `(rows, clip_projection_dim)` of at most `size` distinct `captions` (a seeded
+    sample when there are more), embedded with the model's CLIP.
+
+    Example:
+
+    ```python
+    >>> memory = text_memory_from_captions(["a red circle", "a blue square", "a red circle"], model, processor, 10)
+    >>> memory.shape[0]  # duplicates count once
+    2
+    ```
+    """
+    from .data import embed_captions
+
+    texts = [caption.strip() for caption in captions if isinstance(caption, str) and caption.strip()]
+    distinct = [texts[i] for i in _first_of_each(texts)]
+    if not distinct:
+        raise ValueError("No non-empty caption to build the text memory from.")
+    chosen = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
+    device = device or next(model.clip.parameters()).device
+    return embed_captions(chosen, model, processor, batch_size, device)
+
+
+def text_memory_for_run(
+    model: Any, processor: Any, train_dataset: Any, size: int, seed: int = 0, batch_size: int = 256
+) -> torch.Tensor:
+    """The memory of a training run, from the prepared (cleaned) training dataset: the `clip_embeds` already
+    computed for a seeded sample of its distinct captions (by decoder tokens), or, when embedding on the fly, the
+    `caption` texts embedded now. Stored in the model with `set_text_memory`, it is saved with the weights.
+
+    Example:
+
+    ```python
+    >>> model.set_text_memory(text_memory_for_run(model, processor, train_dataset, size=50_000))  # doctest: +SKIP
+    ```
+    """
+    if "clip_embeds" in train_dataset.column_names:
+        distinct = _first_of_each([tuple(ids) for ids in train_dataset["input_ids"][:]])
+        rows = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
+        embeds = train_dataset.select(rows).with_format("torch", columns=["clip_embeds"])["clip_embeds"][:]
+        return embeds.float()
+    captions = train_dataset["caption"][:]
+    return text_memory_from_captions(captions, model, processor, size, seed, batch_size)
+
+
+def attach_text_memory(
+    model_dir: str | os.PathLike,
+    captions: Sequence[str],
+    size: int = 50_000,
+    output_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Any:
+    """Give a saved CapDec folder a text memory: embed at most `size` distinct `captions` (a seeded sample) with
+    the folder's CLIP, store them in the model and save the folder again (to `output_dir`, default in place), so
+    that `generate(..., project_to_memory=True)` and the pipeline's `project_to_memory=True` work where it is
+    loaded. Returns the model.
+
+    Example:
+
+    ```python
+    >>> from modeling_capdec.training.data import load_dataset_source
+    >>> captions = load_dataset_source("captions.jsonl")["caption"][:]  # doctest: +SKIP
+    >>> model = attach_text_memory("outputs/capdec-coco", captions, size=50_000)  # doctest: +SKIP
+    >>> model.config.text_memory_size  # doctest: +SKIP
+    50000
+    ```
+    """
+    from ..modeling_capdec import CapDecForConditionalGeneration
+    from ..processing_capdec import CapDecProcessor
+
+    model_dir = Path(model_dir)
+    model = CapDecForConditionalGeneration.from_pretrained(model_dir)
+    processor = CapDecProcessor.from_pretrained(model_dir)
+    model.set_text_memory(text_memory_from_captions(captions, model, processor, size, seed, batch_size))
+    output_dir = Path(output_dir) if output_dir is not None else model_dir
+    model.save_pretrained(output_dir)
+    if output_dir != model_dir:
+        processor.save_pretrained(output_dir)
+    logger.info("Attached a text memory of %d rows to %s.", model.config.text_memory_size, output_dir)
+    return model
+
+
+__all__ = ["attach_text_memory", "sample_memory_rows", "text_memory_for_run", "text_memory_from_captions"]

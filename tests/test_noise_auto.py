@@ -1,0 +1,115 @@
+"""`train_capdec.py --noise_variance auto` and `--text_memory_size` end to end with tiny models, and the reporting
+command `capdec-estimate-noise`."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+from modeling_capdec.commands.estimate_noise import main as estimate_noise_main
+from modeling_capdec.training.data import load_dataset_source
+from modeling_capdec.training.noise_estimate import estimate_noise_from_data
+from tests.test_train_capdec import cli, one_thread, parts  # noqa: F401 (fixtures)
+from train_capdec import main
+
+
+@pytest.fixture(scope="module")
+def image_folder(parts, tmp_path_factory):  # noqa: F811
+    """Unlabelled images of the target domain: the eval images, without their captions."""
+    folder = tmp_path_factory.mktemp("unlabelled")
+    for path in parts.root.glob("image*.png"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_noise_variance_auto_trains_with_the_estimate_and_records_it(parts, image_folder, tmp_path, capsys):  # noqa: F811
+    output_dir = tmp_path / "out"
+    trainer = main(
+        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
+        + ["--noise_images", str(image_folder), "--text_memory_size", "6"]
+    )
+    printed = capsys.readouterr().out
+    assert "Noise from data: ε = " in printed and "pseudo_pairs" in printed and "4 images" in printed
+
+    # The same estimate computed directly from the corpus and the folder, with the run's CLIP.
+    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
+    processor = CapDecProcessor.from_pretrained(output_dir)
+    expected = estimate_noise_from_data(
+        model, processor, load_dataset_source(parts.corpus), image_folder=image_folder
+    )
+    noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
+    assert noise["noise_variance"] == pytest.approx(expected.noise_variance, rel=1e-5)
+    assert noise["estimate"]["estimator"] == "pseudo_pairs"
+    assert noise["estimate"]["num_images"] == 4 and noise["estimate"]["dim"] == 16
+    assert trainer.data_collator.noise_variance == noise["noise_variance"]
+    card = ModelCard.load(output_dir / "README.md").text
+    assert f"ε = {noise['noise_variance']:g}" in card and "estimated from the data before training" in card
+
+    # The memory: 6 of the 10 distinct captions' CLIP embeddings, saved with the weights.
+    assert model.config.text_memory_size == 6
+    corpus_embeds = torch.tensor(trainer.train_dataset["clip_embeds"][:])
+    nearest = (model.text_memory @ corpus_embeds.T).max(dim=-1)
+    assert nearest.values.min() > 1 - 1e-5  # every row is a training caption's embedding
+    token_ids = trainer.train_dataset["input_ids"][:]
+    assert len({tuple(token_ids[i]) for i in nearest.indices.tolist()}) == 6  # of six different captions
+    captions = model.generate(
+        **processor(images=sorted(map(str, image_folder.iterdir())), return_tensors="pt"),
+        project_to_memory=True,
+        max_new_tokens=4,
+    )
+    assert captions.shape[0] == 4
+
+
+def test_auto_noise_settings_are_checked_before_training(parts, image_folder, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="--noise_images only matter"):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", "--noise_images", str(image_folder)))
+    with pytest.raises(FileNotFoundError, match="--noise_images: image folder not found: /nowhere"):
+        main(
+            cli(
+                parts,
+                tmp_path / "out",
+                "--max_steps",
+                "1",
+                "--noise_variance",
+                "auto",
+                "--noise_images",
+                "/nowhere",
+            )
+        )
+    # A corpus of one caption per row has no groups: the corpus-only estimator says what it needs.
+    with pytest.raises(ValueError, match="No group holds two captions"):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", "--noise_variance", "auto"))
+    with pytest.raises(ValueError, match="--text_memory_size with --lora_r"):
+        main(cli(parts, tmp_path / "out", "--text_memory_size", "4", "--lora_r", "2"))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_estimate_noise_command_reports_every_applicable_estimator(parts, image_folder, tmp_path, capsys):  # noqa: F811
+    grouped = tmp_path / "grouped.jsonl"
+    grouped.write_text(
+        json.dumps({"captions": ["a dog running on the beach", "a dog on the sand"]})
+        + "\n"
+        + json.dumps({"captions": ["a cat sleeping on a red sofa", "a cat on a couch"]})
+        + "\n"
+    )
+    base = f"--clip_model {parts.clip} --decoder_model {parts.gpt2} --caption_column captions".split()
+    estimates = estimate_noise_main(base + ["--train_file", str(grouped)])
+    printed = capsys.readouterr().out
+    assert [e.estimator for e in estimates] == ["caption_groups"]
+    assert (
+        f"--noise_variance auto would use: ε = {estimates[0].noise_variance:.4g} (caption_groups" in printed
+    )
+    assert "4 captions" in printed and "2 caption groups" in printed
+
+    offset_file = tmp_path / "offset.json"
+    estimates = estimate_noise_main(
+        base
+        + ["--train_file", str(grouped), "--noise_images", str(image_folder)]
+        + ["--modality_offset_output", str(offset_file)]
+    )
+    assert [e.estimator for e in estimates] == ["pseudo_pairs", "centroids", "caption_groups"]
+    offset = json.loads(offset_file.read_text())["modality_offset"]
+    assert torch.allclose(torch.tensor(offset), torch.tensor(estimates[0].modality_offset))

@@ -1,0 +1,143 @@
+"""Choosing ε from data: the estimators on synthetic clouds with a known spread or gap, and the parsing of
+`--noise_variance auto`."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_capdec.training.arguments import CapDecTrainingArguments, noise_variance_setting
+from modeling_capdec.training.noise_estimate import (
+    caption_group_cosine,
+    centroid_cosine,
+    corpus_caption_groups,
+    estimate_noise,
+    modality_offset,
+    pseudo_pair_cosine,
+    variance_from_cosine,
+)
+
+DIM = 64
+
+
+def unit(rows: torch.Tensor) -> torch.Tensor:
+    return F.normalize(rows, dim=-1)
+
+
+def noisy(embeds: torch.Tensor, variance: float, generator: torch.Generator) -> torch.Tensor:
+    """CapDec's noise: add N(0, εI), normalise again."""
+    return unit(embeds + torch.randn(embeds.shape, generator=generator) * math.sqrt(variance))
+
+
+def test_variance_from_cosine_is_the_rule_and_refuses_impossible_cosines():
+    assert variance_from_cosine(0.3, 640) == pytest.approx((1 / 0.09 - 1) / 640)
+    assert variance_from_cosine(1.0, 64) == 0.0
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\].*got -0.1000"):
+        variance_from_cosine(-0.1, 64)
+
+
+@pytest.mark.parametrize("true_variance", [0.002, 0.016])
+def test_pseudo_pairs_recover_the_noise_between_images_and_their_captions(true_variance):
+    generator = torch.Generator().manual_seed(0)
+    captions = unit(torch.randn(3000, DIM, generator=generator))
+    # Unlabelled "images": 400 of the captions moved by exactly CapDec's noise; which caption is whose is not given.
+    images = noisy(captions[:400], true_variance, generator)
+    estimate = estimate_noise(captions, images)
+    assert estimate.estimator == "pseudo_pairs"
+    assert estimate.noise_variance == pytest.approx(true_variance, rel=0.1)
+    assert (estimate.num_captions, estimate.num_images, estimate.dim) == (3000, 400, DIM)
+
+
+def test_pseudo_pairs_take_the_best_match_per_image():
+    captions = torch.eye(4)
+    images = torch.tensor([[0.0, 3.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0]])
+    assert pseudo_pair_cosine(images, captions) == pytest.approx((1.0 + 0.5**0.5) / 2)
+
+
+def test_centroids_recover_a_pure_shift_between_the_clouds():
+    generator = torch.Generator().manual_seed(1)
+    # Captions in a cone (as CLIP's are), images = captions shifted by a fixed gap vector.
+    axis = unit(torch.randn(DIM, generator=generator))
+    captions = unit(axis + 0.15 * torch.randn(4000, DIM, generator=generator))
+    gap = 0.3 * unit(torch.randn(DIM, generator=generator))
+    images = unit(captions + gap)
+    true_cosine = float((images * captions).sum(-1).mean())
+    assert centroid_cosine(images, captions) == pytest.approx(true_cosine, abs=0.01)
+    offset = torch.tensor(modality_offset(images, captions))
+    assert float(F.cosine_similarity(offset, gap, dim=0)) > 0.95
+    estimate = estimate_noise(captions, images, estimator="centroids")
+    assert estimate.noise_variance == pytest.approx(variance_from_cosine(true_cosine, DIM), rel=0.15)
+
+
+def test_caption_groups_recover_the_spread_of_captions_around_their_scene():
+    generator = torch.Generator().manual_seed(2)
+    spread = 0.004
+    scenes = unit(torch.randn(500, DIM, generator=generator))
+    captions = noisy(scenes.repeat_interleave(5, dim=0), spread, generator)  # five captions per scene
+    group_ids = [f"scene{i // 5}" for i in range(len(captions))]
+    estimate = estimate_noise(captions, group_ids=group_ids)
+    assert estimate.estimator == "caption_groups"
+    assert estimate.num_groups == 500
+    assert estimate.noise_variance == pytest.approx(spread, rel=0.1)
+
+
+def test_caption_groups_need_a_group_of_two():
+    with pytest.raises(ValueError, match="No group holds two captions"):
+        caption_group_cosine(torch.eye(3), [0, 1, 2])
+
+
+def test_estimators_say_what_they_need():
+    captions = unit(torch.randn(10, 8))
+    with pytest.raises(
+        ValueError, match="pseudo_pairs estimator compares images with captions.*--noise_images"
+    ):
+        estimate_noise(captions, estimator="pseudo_pairs")
+    with pytest.raises(ValueError, match="caption_groups estimator needs captions grouped"):
+        estimate_noise(captions)
+    with pytest.raises(ValueError, match="Unknown noise estimator 'median'"):
+        estimate_noise(captions, estimator="median")
+    with pytest.raises(ValueError, match="image embeddings have 4 dimensions and the caption embeddings 8"):
+        estimate_noise(captions, torch.randn(3, 4))
+
+
+def test_corpus_groups_from_caption_lists_or_a_group_column_and_whole_group_sampling():
+    rows = {"caption": [["a dog", "a brown dog", " "], "a cat", "a black cat"], "image": [1, 2, 2]}
+    assert corpus_caption_groups(rows) == (["a dog", "a brown dog", "a cat", "a black cat"], [0, 0, 1, 2])
+    assert corpus_caption_groups(rows, group_column="image") == (
+        ["a dog", "a brown dog", "a cat", "a black cat"],
+        [0, 0, 1, 1],
+    )
+    many = {"caption": [[f"caption {i}a", f"caption {i}b"] for i in range(100)]}
+    captions, groups = corpus_caption_groups(many, max_captions=10, seed=0)
+    assert len(captions) == 10 and all(groups.count(g) == 2 for g in set(groups))
+    assert corpus_caption_groups(many, max_captions=10, seed=0) == (captions, groups)
+    with pytest.raises(ValueError, match="no column 'scene'; its columns are \\['caption'\\]"):
+        corpus_caption_groups(many, group_column="scene")
+
+
+def test_noise_variance_setting_reads_numbers_and_auto():
+    assert noise_variance_setting("auto") == "auto"
+    assert noise_variance_setting("0.004") == 0.004
+    assert CapDecTrainingArguments(output_dir="out", noise_variance="auto").noise_variance == "auto"
+    assert CapDecTrainingArguments(output_dir="out", noise_variance=0.016).noise_variance == 0.016
+    with pytest.raises(ValueError, match="--noise_variance must be a number >= 0 or 'auto', got 'lots'"):
+        noise_variance_setting("lots")
+
+
+def test_study_reads_a_sweep_and_finds_the_nearest_swept_noise(tmp_path):
+    from demo.estimate_noise_study import nearest_sweep_point, read_sweep
+
+    assert max(read_sweep(None).items(), key=lambda item: item[1])[0] == 0.004  # the README's peak
+    results = {
+        "eps=0": {"test_seen": {"CIDEr": 1.0}},
+        "eps=0.01": {"test_seen": {"CIDEr": 2.0}},
+        "supervised": {},
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"results": results}))
+    assert read_sweep(str(tmp_path / "results.json")) == {0.0: 1.0, 0.01: 2.0}
+    sweep = {0.0: 1.0, 0.001: 2.0, 0.004: 3.0, 0.016: 2.5}
+    assert nearest_sweep_point(0.0019, sweep) == 0.001  # log10 distance 0.28 against 0.32 to 0.004
+    assert nearest_sweep_point(0.0021, sweep) == 0.004
+    assert nearest_sweep_point(1e-6, sweep) == 0.0
