@@ -380,6 +380,12 @@ def check_run_arguments(data_args: Any, training_args: Any) -> None:
             "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
             "must draw fresh noise): leave it off."
         )
+    applied = getattr(training_args, "speed_defaults_applied", None)
+    if applied:
+        logger.warning(
+            "CUDA speed defaults: %s (--speed_defaults false keeps Trainer's defaults).",
+            ", ".join(f"--{name} {value}" for name, value in applied.items()),
+        )
     if data_args.mode == "supervised" and training_args.noise_variance > 0:
         logger.warning("Supervised mode trains on image embeddings without noise: ignoring noise_variance.")
 
@@ -469,7 +475,7 @@ def collator_for_run(processor: Any, model: Any, data_args: Any, training_args: 
         mode=data_args.mode,
         embed_on_the_fly=data_args.embed_on_the_fly,
         seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
-        pad_to_multiple_of=data_args.pad_to_multiple_of,
+        **data_args.padding_kwargs(training_args.torch_compile),
     )
     model.config.training_noise = collator.settings()
     return collator
