@@ -408,6 +408,9 @@ def speed_suite(args: argparse.Namespace) -> None:
                         )
                 except Exception as error:  # one failing option (e.g. compilation) must not lose the others
                     errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
+                except KeyboardInterrupt:  # gpu.sh's step limit (SIGINT): report what was measured
+                    errors[name] = "interrupted by the time limit"
+                    args.budget_s = 1e-9  # and skip the rest
                 print(f"  {name}: {seconds[name] or errors.get(name)}", flush=True)
     report_speed(model, corpus, fixed_length, names, seconds, errors, args)
 
