@@ -17,6 +17,15 @@ both paddings give the same loss on a batch (speed never changes results).
 
     python -m benchmarks.bench_training            # batch 8, 3 timed steps per run
     python -m benchmarks.bench_training --quick    # batch 2, 2 steps, one run
+
+`--suite speed` is benchmark 6: the authors' training loop (`reference_loops.authors_train_steps`: float32,
+batch 36, fixed-length padding, unfused AdamW, `loss.item()` every step) against our `CapDecTrainer` path as
+`train_capdec.py` runs it, and each speed option changed alone (bf16, fused AdamW, per-step syncs, workers, length
+buckets, `torch.compile` with buckets or dynamic shapes, CUDA graphs), with captions/s, MFU (`benchmarks.mfu`)
+and the COCO epoch time; `benchmarks/README.md` describes the rows.
+
+    python -m benchmarks.bench_training --suite speed --batch_size 128 --steps 10 --repeats 3   # on a GPU
+    python -m benchmarks.bench_training --suite speed --quick                                   # a check
 """
 
 import argparse
