@@ -392,7 +392,7 @@ def speed_suite(args: argparse.Namespace) -> None:
     by_name = {row.name: row for row in rows}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     errors: dict[str, str] = {}
-    began = time.perf_counter()
+    began, interrupted = time.perf_counter(), False
     with tempfile.TemporaryDirectory() as output_dir:
         for round_index in range(args.rounds):
             # Rotate the order between rounds, so that a change in machine load does not favour one side.
@@ -400,8 +400,13 @@ def speed_suite(args: argparse.Namespace) -> None:
             for name in names[shift:] + names[:shift]:
                 if name in errors:
                     continue
-                if args.budget_s and time.perf_counter() - began > args.budget_s:
-                    errors.setdefault(name, f"skipped: the {args.budget_s:.0f} s budget was spent")
+                if interrupted or (args.budget_s and time.perf_counter() - began > args.budget_s):
+                    reason = (
+                        "the time limit interrupted the run"
+                        if interrupted
+                        else f"the {args.budget_s:.0f} s budget was spent"
+                    )
+                    errors.setdefault(name, f"skipped: {reason}")
                     continue
                 try:
                     if name == "authors_loop":
@@ -419,7 +424,7 @@ def speed_suite(args: argparse.Namespace) -> None:
                     errors[name] = f"{type(error).__name__}: {str(error)[:300]}"
                 except KeyboardInterrupt:  # gpu.sh's step limit (SIGINT): report what was measured
                     errors[name] = "interrupted by the time limit"
-                    args.budget_s = 1e-9  # and skip the rest
+                    interrupted = True  # and skip the rest
                 print(f"  {name}: {seconds[name] or errors.get(name)}", flush=True)
     report_speed(model, corpus, fixed_length, names, seconds, errors, args)
 
