@@ -850,7 +850,8 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
             return  # (reading the largest id would break a compiled graph)
         vocab_size = self.get_input_embeddings().num_embeddings
-        largest, smallest = int(input_ids.max()), int(input_ids.min())
+        # One device sync (in training, once per step), not two.
+        largest, smallest = torch.stack([input_ids.max(), input_ids.min()]).tolist()
         if largest >= vocab_size or smallest < 0:
             bad = largest if largest >= vocab_size else smallest
             raise ValueError(

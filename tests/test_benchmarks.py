@@ -1,15 +1,26 @@
 """The benchmarks' baselines compute what our fast paths compute: speed never changes results."""
 
+import tempfile
+
 import numpy as np
 import torch
 from datasets import Dataset
 
 from benchmarks import bench_memory
 from benchmarks.bench_embedding import one_caption_per_forward
-from benchmarks.bench_training import padding_collators
+from benchmarks.bench_training import (
+    check_authors_loss_equals_ours,
+    padding_collators,
+    run_authors,
+    run_ours,
+    speed_rows,
+)
 from benchmarks.captions import WORDS, caption_word_counts, synthetic_captions, word_level_processor
+from benchmarks.mfu import mfu, peak_flops, training_flops_per_caption
+from benchmarks.reference_loops import authors_batch, authors_fixed_length, authors_loss
+from modeling_capdec.training.collator import CapDecDataCollator
 from modeling_capdec.training.data import prepare_training_dataset, tokenizer_fingerprint
-from tests.tiny_models import CAPTIONS
+from tests.tiny_models import CAPTIONS, tiny_model
 
 
 def test_fixed_length_padding_gives_the_dynamic_loss(model, processor):
@@ -72,3 +83,79 @@ def test_memory_baseline_holds_the_rows_of_the_prepared_dataset(tmp_path, monkey
         row = prepared[index]
         assert in_memory[index]["input_ids"].tolist() == row["input_ids"].tolist()
         np.testing.assert_array_equal(in_memory[index]["clip_embeds"].numpy(), row["clip_embeds"])
+
+
+def _caption_rows(processor, count: int) -> list[dict]:
+    eos = processor.tokenizer.eos_token_id
+    ids = processor.tokenizer(CAPTIONS[:count], add_special_tokens=False)["input_ids"]
+    embeds = torch.nn.functional.normalize(
+        torch.randn(count, 16, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    return [
+        {"input_ids": row + [eos], "clip_embeds": embeds[i], "example_id": i} for i, row in enumerate(ids)
+    ]
+
+
+def test_the_authors_loss_is_ours_on_captions_without_token_0(model, processor):
+    rows = _caption_rows(processor, 6)
+    fixed_length = authors_fixed_length([len(row["input_ids"]) - 1 for row in rows])
+    check_authors_loss_equals_ours(model, processor, rows, fixed_length)  # raises when they differ
+
+    # Their padding is token 0 and `ignore_index=0`: a real token 0 in a caption is dropped from their loss.
+    captions = [row["input_ids"][:-1] for row in rows]
+    captions[0] = [0, *captions[0][1:]]
+    embeds = torch.stack([row["clip_embeds"] for row in rows])
+    tokens, mask, _ = authors_batch(captions, embeds, fixed_length, model.config.prefix_length)
+    ours = CapDecDataCollator(processor, noise_variance=0.0)(
+        [
+            {"input_ids": caption[:fixed_length], "clip_embeds": row}
+            for caption, row in zip(captions, embeds, strict=True)
+        ]
+    )
+    with torch.no_grad():
+        theirs = authors_loss(model, tokens, mask, embeds)
+        assert not torch.allclose(model(**ours).loss, theirs, atol=1e-4)
+
+
+def test_authors_fixed_length_is_mean_plus_ten_std_capped_at_the_longest():
+    assert authors_fixed_length([10, 12, 14, 50]) == 50  # mean 21.5 + 10 × std 19.1 > 50
+    assert authors_fixed_length([10] * 99 + [40]) == 40  # capped at the longest
+    assert authors_fixed_length([10, 10, 11, 11] * 50 + [60]) == int(
+        torch.tensor([10.0, 10, 11, 11] * 50 + [60]).mean()
+        + 10 * torch.tensor([10.0, 10, 11, 11] * 50 + [60]).std()
+    )
+
+
+def test_model_flops_count_each_part_by_hand(processor):
+    width, vocab, clip_dim, layers = 32, len(processor.tokenizer), 16, 2
+    caption = 7.0
+    decoder_positions, mapper_positions = 4 + caption, 4 + 4
+    decoder = 2 * layers * 12 * width**2 * decoder_positions  # qkv 3d², out d², MLP 8d² per block
+    decoder += 4 * layers * decoder_positions**2 * width + 2 * vocab * width * caption  # attention, LM head
+    mapper = 2 * clip_dim * 4 * width  # the linear layer, once per caption
+    mapper += 2 * layers * 8 * width**2 * mapper_positions  # q, kv, out 4d², MLP (ratio 2) 4d² per block
+    mapper += 4 * layers * mapper_positions**2 * width
+    trained = tiny_model(processor)
+    assert trained.config.clip_projection_dim == clip_dim
+    assert training_flops_per_caption(trained, caption) == 3 * (decoder + mapper)
+    frozen = tiny_model(processor, train_decoder=False)  # forward + input gradient only through the decoder
+    assert training_flops_per_caption(frozen, caption) == 3 * mapper + 2 * decoder
+    assert peak_flops("cpu", "float32") is None and mfu(10.0, 1e9, None) is None
+
+
+def test_speed_suite_times_the_authors_loop_and_the_trainer_path(model, processor):
+    import argparse
+    import copy
+
+    rows = _caption_rows(processor, 12)
+    args = argparse.Namespace(device="cpu", batch_size=2, steps=2)
+    batches = [rows[i : i + 2] for i in range(0, 12, 2)]
+    trained = copy.deepcopy(model)
+    fixed_length = authors_fixed_length([len(row["input_ids"]) - 1 for row in rows])
+    authors = run_authors(trained, batches[1:5], batches[:1], fixed_length, args)
+    assert len(authors) == 2 and all(seconds > 0 for seconds in authors)
+    for row in speed_rows([8, 16]):
+        if row.name in ("ours_default", "ours_buckets", "ours_no_nan_guard"):
+            with tempfile.TemporaryDirectory() as output_dir:
+                blocks = run_ours(trained, processor, batches[1:5], batches[:1], row, args, output_dir)
+            assert len(blocks) == 2 and all(seconds > 0 for seconds in blocks), row.name

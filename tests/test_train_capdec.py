@@ -145,11 +145,26 @@ def test_saved_folder_has_a_filled_model_card_and_captions(run, image_files):
     assert (run.output_dir / "modeling_capdec.py").is_file()  # Hub-ready: the code travels with the weights
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(parts, tmp_path):
+# The speed options that change how a step runs on any device (on CUDA, bf16 is added by the speed defaults).
+SPEED_OPTIONS = (
+    "--optim",
+    "adamw_torch_fused",
+    "--pad_to_buckets",
+    "8",
+    "16",
+    "--dataloader_num_workers",
+    "2",
+)
+
+
+@pytest.mark.parametrize("options", [(), SPEED_OPTIONS], ids=["default", "speed_options"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(parts, tmp_path, options):
     def arguments(output_dir: Path) -> list[str]:
         # 30 captions in batches of 4: 8 steps per epoch, so checkpoint-10 lies in the second epoch (whose noise
         # differs from the first's) and the resumed run crosses no epoch boundary it has not seen.
-        return cli(parts, output_dir, "--max_steps", "14", "--save_steps", "10", "--logging_steps", "2")
+        return cli(
+            parts, output_dir, "--max_steps", "14", "--save_steps", "10", "--logging_steps", "2", *options
+        )
 
     # The killed run sleeps in every step so the kill lands mid-training, after checkpoint-10 and before the end.
     slow_main = (
@@ -192,6 +207,65 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(parts, tmp_path):
     # Data order (seeded sampler), dropout (Trainer's saved RNG state) and the noise (a function of seed, epoch
     # and example id) all replay exactly, so the weights match to the bit.
     assert difference == 0.0
+
+
+def test_speed_options_keep_the_float32_loss_trajectory(parts, tmp_path):
+    # The old path (foreach AdamW, each batch padded to its longest caption, no workers) against the speed options:
+    # the same batches and noise, padding masked, so the losses agree to float32 rounding.
+    def losses(name: str, *extra: str) -> list[float]:
+        trainer = main(
+            cli(parts, tmp_path / name, *"--max_steps 8 --logging_steps 1 --save_strategy no".split(), *extra)
+        )
+        return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+    reference, fast = losses("reference"), losses("fast", *SPEED_OPTIONS)
+    assert len(reference) == len(fast) == 8
+    print(
+        f"largest loss difference over 8 steps: {max(abs(a - b) for a, b in zip(reference, fast, strict=True)):.2g}"
+    )
+    np.testing.assert_allclose(fast, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_cuda_speed_defaults_change_only_settings_left_at_their_defaults(monkeypatch):
+    _, _, args = parse_arguments(["--output_dir", "out"])
+    assert args.speed_defaults_applied == {} and not args.bf16  # this machine has no CUDA device
+    assert args.logging_nan_inf_filter is False  # no per-step host sync anywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert args._apply_speed_defaults() == {"bf16": True, "dataloader_num_workers": 2}
+    assert args.bf16 and args.dataloader_num_workers == 2
+    for given, expected in (
+        (["--dataloader_num_workers", "6"], {"bf16": True}),  # a value given is kept
+        (["--fp16"], {"dataloader_num_workers": 2}),  # fp16 asked: no bf16
+        (["--speed_defaults", "false"], {}),
+        (["--use_cpu"], {}),
+    ):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        _, _, args = parse_arguments(["--output_dir", "out", *given])
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert args._apply_speed_defaults() == expected, given
+
+
+def test_torch_compile_trains_with_length_buckets(parts, tmp_path):
+    # --torch_compile without a padding option pads to length buckets, so the compiled graphs are reused. The
+    # aot_eager backend traces the model as inductor does (dynamo, forward and backward graphs) without generating
+    # C++: with inductor, the tiny model's 3 steps did not finish within a 15-minute pytest time limit (together
+    # with the two resume tests) on the shared 2-core CPU at load average 9-10.
+    _, data_args, args = parse_arguments(cli(parts, tmp_path, "--torch_compile", "true"))
+    assert data_args.padding_kwargs(args.torch_compile)["pad_to_buckets"] == [16, 24, 32, 48, 65]
+    trainer = main(
+        cli(
+            parts,
+            tmp_path / "compiled",
+            *"--max_steps 3 --logging_steps 1 --save_strategy no".split(),
+            "--torch_compile",
+            "true",
+            "--torch_compile_backend",
+            "aot_eager",
+        )
+    )
+    assert trainer.data_collator.pad_to_buckets == (16, 24, 32, 48, 65)
+    assert len([entry for entry in trainer.state.log_history if "loss" in entry]) == 3
 
 
 def test_accelerate_launch_two_processes(parts, tmp_path):

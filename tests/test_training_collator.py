@@ -293,3 +293,39 @@ def test_precomputed_embeddings_of_any_type_become_float32(processor):
     batch = CapDecDataCollator(processor, noise_variance=0.0)(features)
     assert batch["clip_embeds"].dtype == torch.float32
     torch.testing.assert_close(batch["clip_embeds"], rows.float())
+
+
+def test_length_buckets_pad_to_the_smallest_bucket_and_keep_the_loss(processor, model):
+    eos = processor.tokenizer.eos_token_id
+    embeds = F.normalize(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    captions = [[11, 12, 13, eos], [21, eos], [31, 32, 33, 34, 35, eos]]
+    features = [
+        {"input_ids": ids, "clip_embeds": row, "example_id": i}
+        for i, (ids, row) in enumerate(zip(captions, embeds, strict=True))
+    ]
+    buckets = CapDecDataCollator(processor, noise_variance=EPS, seed=3, pad_to_buckets=[8, 4, 16])
+    assert buckets.pad_to_buckets == (4, 8, 16)  # sorted
+    assert buckets(features[:2])["input_ids"].shape[1] == 4  # longest 4: the 4 bucket
+    assert buckets(features)["input_ids"].shape[1] == 8  # longest 6: the 8 bucket
+    long = [{"input_ids": list(range(40, 60)) + [eos], "clip_embeds": embeds[0]}]
+    assert buckets(long)["input_ids"].shape[1] == 21  # past the largest bucket: its own length
+
+    dynamic = CapDecDataCollator(processor, noise_variance=EPS, seed=3)(features)
+    bucketed = buckets(features)
+    assert bucketed["labels"][:, 6:].eq(-100).all() and bucketed["attention_mask"][:, 6:].eq(0).all()
+    torch.testing.assert_close(bucketed["clip_embeds"], dynamic["clip_embeds"])  # the same noise
+    with torch.no_grad():  # padding is masked: the same loss
+        torch.testing.assert_close(model(**bucketed).loss, model(**dynamic).loss)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pad_to_buckets": [16], "pad_to_multiple_of": 8}, "not both"),
+        ({"pad_to_buckets": []}, "lengths >= 1"),
+        ({"pad_to_buckets": [16, 0]}, "lengths >= 1"),
+    ],
+)
+def test_bad_length_buckets_are_refused(processor, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CapDecDataCollator(processor, noise_variance=0.0, **kwargs)

@@ -17,6 +17,10 @@ NOT_WITH_STREAMING = {
     "overwrite_cache": "nothing is cached: the stream is cleaned and tokenised as it is read",
     "preprocessing_num_workers": "the stream is cleaned in the training process, as training reads it",
 }
+# Padded caption lengths under --torch_compile when no padding option is given; the last bucket is replaced by
+# max_caption_tokens + 1 (the longest caption with its eos).
+DEFAULT_COMPILE_BUCKETS = (16, 24, 32, 48, 65)
+SPEED_DEFAULT_WORKERS = 2
 
 
 @dataclass
@@ -190,6 +194,16 @@ class DataArguments:
             "later steps were 5-15 percent faster with exact lengths than with multiples of 8 (benchmarks/README.md)."
         },
     )
+    pad_to_buckets: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Pad each batch's captions up to the smallest of these lengths that holds its longest caption "
+            "(e.g. 16 24 32 48 65), so that a compiled model sees a few shapes and reuses their graphs; a longer "
+            f"batch keeps its own length. With --torch_compile and no padding option the buckets default to "
+            f"{' '.join(map(str, DEFAULT_COMPILE_BUCKETS[:-1]))} and max_caption_tokens + 1 (--pad_to_multiple_of 1 "
+            "keeps exact lengths: dynamic shapes)."
+        },
+    )
     cache_dir: str | None = field(
         default=None,
         metadata={
@@ -237,6 +251,19 @@ class DataArguments:
             )
         if self.eval_file and self.eval_dataset_dir:
             raise ValueError("Give one eval set: --eval_file or --eval_dataset_dir, not both.")
+        if self.pad_to_buckets is not None and self.pad_to_multiple_of is not None:
+            raise ValueError("Give one padding rule: --pad_to_buckets or --pad_to_multiple_of, not both.")
+
+    def padding_kwargs(self, torch_compile: bool = False) -> dict[str, Any]:
+        """The collator's padding rule: the one given, else length buckets under `torch_compile` (compiled
+        graphs are reused per shape), else none (each batch padded to its longest caption)."""
+        if self.pad_to_buckets is not None or self.pad_to_multiple_of is not None:
+            return {"pad_to_buckets": self.pad_to_buckets, "pad_to_multiple_of": self.pad_to_multiple_of}
+        if torch_compile:
+            longest = self.max_caption_tokens + 1
+            buckets = [bucket for bucket in DEFAULT_COMPILE_BUCKETS[:-1] if bucket < longest] + [longest]
+            return {"pad_to_buckets": buckets, "pad_to_multiple_of": None}
+        return {"pad_to_buckets": None, "pad_to_multiple_of": None}
 
     def _check_streaming(self) -> None:
         if self.mode != "text":
@@ -347,6 +374,21 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "CapDec uses every trainable parameter in every step: no unused-parameter search."},
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "Off: Trainer's filter reads the loss on the host at every step (a device sync); a NaN step "
+            "stops the run anyway (NonFiniteTrainingError), so there is nothing to filter."
+        },
+    )
+    speed_defaults: bool = field(
+        default=True,
+        metadata={
+            "help": "On a CUDA device, settings left at their defaults become fast ones: --bf16 (where the GPU "
+            f"supports it) and --dataloader_num_workers {SPEED_DEFAULT_WORKERS}; each change is logged. "
+            "--speed_defaults false keeps Trainer's defaults (float32 as the paper trained)."
+        },
+    )
     # A string on the command line ("auto" or a number), a float after __post_init__ unless "auto".
     noise_variance: str = field(
         default="0.016",
@@ -408,6 +450,7 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        self.speed_defaults_applied = self._apply_speed_defaults()
         super().__post_init__()
         self.noise_variance = noise_variance_setting(self.noise_variance)
         if self.noise_estimator not in (None, *ESTIMATORS):  # set after parsing, or given in code
@@ -417,6 +460,23 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         for name in ("noise_estimate_captions", "noise_estimate_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+
+    def _apply_speed_defaults(self) -> dict[str, Any]:
+        """On CUDA (and unless `speed_defaults` is off), the fast values of settings still at their defaults; what
+        changed is returned (`check_run_arguments` logs it). Trainer's optimizer default is already the fused
+        AdamW (`adamw_torch_fused`, transformers 5 with torch >= 2.8)."""
+        import torch
+
+        if not self.speed_defaults or self.use_cpu or not torch.cuda.is_available():
+            return {}
+        changed: dict[str, Any] = {}
+        if not self.bf16 and not self.fp16 and torch.cuda.is_bf16_supported():
+            changed["bf16"] = True
+        if self.dataloader_num_workers == 0:
+            changed["dataloader_num_workers"] = SPEED_DEFAULT_WORKERS
+        for name, value in changed.items():
+            setattr(self, name, value)
+        return changed
 
 
 def noise_variance_setting(value: str | float) -> float | str:
@@ -445,7 +505,9 @@ def noise_variance_setting(value: str | float) -> float | str:
 __all__ = [
     "CapDecTrainingArguments",
     "DataArguments",
+    "DEFAULT_COMPILE_BUCKETS",
     "DEFAULT_EVAL_METRICS",
     "ModelArguments",
     "noise_variance_setting",
+    "SPEED_DEFAULT_WORKERS",
 ]

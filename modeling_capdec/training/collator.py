@@ -51,7 +51,13 @@ class CapDecDataCollator:
     start. Examples without an `example_id` fall back to one generator seeded with `seed`, which
     reproduces a fixed sequence of calls but not a resumed run.
 
-    Output (`B` examples, `L` the longest caption rounded up to `pad_to_multiple_of`):
+    Padding: to the batch's longest caption by default; rounded up to a multiple of `pad_to_multiple_of`; or, with
+    `pad_to_buckets` (e.g. `(16, 24, 32, 48, 65)`), up to the smallest bucket that holds the longest caption, so
+    that a compiled model (`--torch_compile`) sees a few shapes only and reuses their graphs. A batch longer than
+    the largest bucket keeps its own length. Padding is masked (attention mask 0, labels -100), so neither option
+    changes the loss.
+
+    Output (`B` examples, `L` the padded length above):
     `input_ids`, `attention_mask`, `labels` `(B, L)` (labels are -100 on padding, found from each caption's
     length: padding and eos are the same GPT-2 token, and the final eos must stay a target so the model
     learns to stop), and `clip_embeds` `(B, d)` float32, already noised. With `embed_on_the_fly=True` the
@@ -81,6 +87,7 @@ class CapDecDataCollator:
     seed: int = 0
     epoch: int = 0
     pad_to_multiple_of: int | None = None
+    pad_to_buckets: Sequence[int] | None = None
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +102,12 @@ class CapDecDataCollator:
             raise ValueError("embed_on_the_fly embeds caption text: it exists for mode='text' only.")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}.")
+        if self.pad_to_buckets is not None:
+            if self.pad_to_multiple_of is not None:
+                raise ValueError("Give pad_to_multiple_of or pad_to_buckets, not both.")
+            if not self.pad_to_buckets or any(int(bucket) < 1 for bucket in self.pad_to_buckets):
+                raise ValueError(f"pad_to_buckets must be lengths >= 1, got {list(self.pad_to_buckets)}.")
+            self.pad_to_buckets = tuple(sorted({int(bucket) for bucket in self.pad_to_buckets}))
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @property
@@ -141,11 +154,14 @@ class CapDecDataCollator:
         return batch
 
     def pad_captions(self, sequences: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """Right-pad caption ids to the longest in the batch: `input_ids`, `attention_mask`, `labels`."""
+        """Right-pad caption ids to the batch's padded length (see the class docstring): `input_ids`,
+        `attention_mask`, `labels`."""
         rows = [_as_tensor(ids, torch.long).reshape(-1) for ids in sequences]
         length = max(len(row) for row in rows)
         if self.pad_to_multiple_of:
             length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        elif self.pad_to_buckets:
+            length = next((bucket for bucket in self.pad_to_buckets if bucket >= length), length)
         pad_id = self.processor.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.processor.tokenizer.eos_token_id

@@ -406,6 +406,16 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
             "dataloader_persistent_workers would keep the collator's noise epoch from advancing (each epoch "
             "must draw fresh noise): leave it off."
         )
+    applied = getattr(training_args, "speed_defaults_applied", None)
+    if data_args.streaming and applied and "dataloader_num_workers" in applied:
+        # A stream is read in the training process (check_streaming_arguments): that speed default does not apply.
+        del applied["dataloader_num_workers"]
+        training_args.dataloader_num_workers = 0
+    if applied:
+        logger.warning(
+            "CUDA speed defaults: %s (--speed_defaults false keeps Trainer's defaults).",
+            ", ".join(f"--{name} {value}" for name, value in applied.items()),
+        )
     auto_noise = training_args.noise_variance == "auto"
     if data_args.streaming:
         check_streaming_arguments(training_args)
@@ -567,7 +577,7 @@ def collator_for_run(
         mode=data_args.mode,
         embed_on_the_fly=data_args.embed_on_the_fly,
         seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
-        pad_to_multiple_of=data_args.pad_to_multiple_of,
+        **data_args.padding_kwargs(training_args.torch_compile),
     )
     model.config.training_noise = collator.settings()
     if noise_estimate is not None:
