@@ -2,7 +2,7 @@
 
 `demo/train_tiny_clip.py` uses these to train the CLIP that the offline CapDec demo starts from. The
 model is a plain `transformers.CLIPModel`; only its size, its locally trained BPE tokenizer and its
-pinned temperature are particular.
+pinned temperature are particular. The hard negatives and mirroring of its training live here too.
 
 Example:
     >>> tokenizer = train_clip_tokenizer(["a small red circle on the left", "a large blue square at the top"])
