@@ -20,7 +20,7 @@ direction tells every image embedding from every caption embedding (the modality
   (without the penalty the former 64-d CLIP ended at cosine 0.94, and a 512-d run with hard negatives
   stood at 0.51, still rising, after 200 of 1200 steps). The contrastive loss scores captions against
   each other, so it hardly sees a common offset of all caption embeddings: the penalty keeps one
-  without costing the ranking.
+  while the ranking is learnt.
 - Hard-negative captions and mirrored images (see `train`), for shapes and two-object relations.
 """
 
