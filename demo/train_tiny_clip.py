@@ -179,7 +179,7 @@ def train(
         loss = soft_clip_loss(outputs.logits_per_image, scene_ids[: len(batch)], scene_ids)
         if args.gap_cosine > 0:
             # The contrastive loss barely sees a common offset of one modality, so this penalty holds
-            # the image-caption cosine near real CLIP's without costing the ranking (see module doc).
+            # the image-caption cosine near real CLIP's (see the module docstring).
             own = outputs.logits_per_image[:, : len(batch)].diagonal() / args.logit_scale
             loss = loss + args.gap_weight * torch.relu(own.mean() - args.gap_cosine) ** 2
         optimizer.zero_grad(set_to_none=True)
