@@ -2,7 +2,7 @@
 
 `demo/train_tiny_clip.py` uses these to train the CLIP that the offline CapDec demo starts from. The
 model is a plain `transformers.CLIPModel`; only its size, its locally trained BPE tokenizer and its
-pinned temperature are particular.
+pinned temperature are particular. The hard negatives and mirroring of its training live here too.
 
 Example:
     >>> tokenizer = train_clip_tokenizer(["a small red circle on the left", "a large blue square at the top"])
@@ -25,11 +25,11 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcesso
 from demo.bpe_tokenizers import train_clip_tokenizer  # noqa: F401  (the docstring examples use it)
 from demo.shapes_world import (
     COLOURS,
+    HELDOUT_COMBINATIONS,
     POSITIONS,
     SHAPES,
     SIZES,
     Scene,
-    all_captions,
     caption_scene,
     scene_attributes,
     swap_objects,
@@ -94,49 +94,87 @@ def tiny_clip_processor(tokenizer: CLIPTokenizer, image_size: int = 48) -> CLIPP
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
-def tokenize_paraphrases(
-    tokenizer: CLIPTokenizer, scenes: Sequence[Scene]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids of every paraphrase of each scene, `(num_scenes, max_paraphrases, length)`, and the
-    number of paraphrases of each scene, `(num_scenes,)`; rows with fewer paraphrases repeat them.
-    Paraphrase k of a scene is `ids[scene, k]`, so a training step can draw one per image cheaply.
-
-    Example:
-        >>> from demo.shapes_world import ShapeObject
-        >>> scene = Scene((ShapeObject("circle", "red", "small", "left"),))
-        >>> ids, counts = tokenize_paraphrases(train_clip_tokenizer(all_captions(scene)), [scene])
-        >>> ids.shape[:2], counts.tolist()
-        (torch.Size([1, 6]), [6])
-    """
-    captions = [all_captions(scene) for scene in scenes]
-    most = max(len(options) for options in captions)
-    flat = [options[k % len(options)] for options in captions for k in range(most)]
-    ids = tokenizer(flat, padding="longest", return_tensors="pt")["input_ids"]
-    return ids.view(len(scenes), most, -1), torch.tensor([len(options) for options in captions])
-
-
-def soft_clip_loss(logits_per_image: torch.Tensor, scene_ids: torch.Tensor) -> torch.Tensor:
+def soft_clip_loss(
+    logits_per_image: torch.Tensor, scene_ids: torch.Tensor, text_scene_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric contrastive loss whose targets treat every caption of the same scene as a positive.
 
     With a small world, a batch often holds the same scene twice; CLIP's one-hot targets would push
-    an image away from a correct caption. The target of row i spreads evenly over the columns j with
-    `scene_ids[j] == scene_ids[i]` (the matrix is symmetric, so the text side uses it too). With all
-    ids distinct this is CLIP's loss.
+    an image away from a correct caption. The target of row i spreads evenly over the columns j whose
+    caption describes image i's scene. With all ids distinct and no extra captions this is CLIP's loss.
+
+    Extra captions (hard negatives) may follow the batch's own captions as columns: they compete for
+    each image (image -> text), while the text -> image direction uses the batch's own captions only,
+    since an extra caption need not describe any image of the batch.
 
     Args:
-        logits_per_image: `(batch, batch)` scaled cosine similarities, image i against caption j.
-        scene_ids: `(batch,)` integer id of each pair's scene.
+        logits_per_image: `(batch, num_captions)` scaled cosine similarities, image i against caption
+            j; the first `batch` captions are the images' own, in order.
+        scene_ids: `(batch,)` integer id of each image's scene.
+        text_scene_ids: `(num_captions,)` scene id of each caption; `scene_ids` when omitted (then
+            `num_captions == batch`).
 
     Example:
         >>> logits = torch.tensor([[10.0, 10.0], [10.0, 10.0]])
         >>> round(soft_clip_loss(logits, torch.tensor([7, 7])).item(), 4)  # both captions fit both images
         0.6931
+        >>> hard = torch.tensor([[10.0, 0.0, 10.0], [0.0, 10.0, 0.0]])  # image 0 ties with its negative
+        >>> round(soft_clip_loss(hard, torch.tensor([0, 1]), torch.tensor([0, 1, 2])).item(), 4)  # log(2) / 4
+        0.1733
     """
-    same_scene = (scene_ids[:, None] == scene_ids[None, :]).float()
-    targets = same_scene / same_scene.sum(dim=1, keepdim=True)
-    image_loss = torch.nn.functional.cross_entropy(logits_per_image, targets)
-    text_loss = torch.nn.functional.cross_entropy(logits_per_image.T, targets)
+    if text_scene_ids is None:
+        text_scene_ids = scene_ids
+    batch = len(scene_ids)
+    same_scene = (scene_ids[:, None] == text_scene_ids[None, :]).float()
+    image_loss = torch.nn.functional.cross_entropy(
+        logits_per_image, same_scene / same_scene.sum(dim=1, keepdim=True)
+    )
+    own = same_scene[:, :batch].T
+    text_loss = torch.nn.functional.cross_entropy(
+        logits_per_image[:, :batch].T, own / own.sum(dim=1, keepdim=True)
+    )
     return (image_loss + text_loss) / 2
+
+
+def mirror_scene(scene: Scene) -> Scene:
+    """The scene a left-right mirrored image shows: left and right exchange, top and bottom stay.
+
+    Every shape of the world is symmetric about its vertical axis, so a mirrored rendering is a
+    rendering of this scene (the flip augmentation of `demo/train_tiny_clip.py`).
+
+    Example:
+        >>> from demo.shapes_world import ShapeObject
+        >>> caption_scene(mirror_scene(Scene((ShapeObject("circle", "red", "small", "left"),))), 0)
+        'a small red circle on the right'
+    """
+    if len(scene.objects) == 2:
+        return swap_objects(scene) if scene.objects[0].position == "left" else scene
+    obj = scene.objects[0]
+    flipped = {"left": "right", "right": "left"}.get(obj.position, obj.position)
+    return Scene((replace(obj, position=flipped),))
+
+
+def hard_negative_scene(
+    scene: Scene, offset: int, exclude: tuple[tuple[str, str], ...] = HELDOUT_COMBINATIONS
+) -> Scene:
+    """A scene that differs from `scene` in the way the tiny CLIP finds hardest to see: a two-object
+    scene with its objects swapped (same words, other order), a lone object with another shape
+    (`offset`, 1 .. len(SHAPES) - 1, steps through the other shapes, skipping `(colour, shape)` pairs
+    in `exclude`, so that no held-out pair reaches training even as a negative caption).
+
+    Example:
+        >>> from demo.shapes_world import ShapeObject
+        >>> caption_scene(hard_negative_scene(Scene((ShapeObject("circle", "red", "small", "left"),)), 1), 0)
+        'a small red square on the left'
+    """
+    if len(scene.objects) == 2:
+        return swap_objects(scene)
+    obj = scene.objects[0]
+    while True:
+        shape = SHAPES[(SHAPES.index(obj.shape) + offset) % len(SHAPES)]
+        if shape != obj.shape and (obj.colour, shape) not in exclude:
+            return Scene((replace(obj, shape=shape),))
+        offset += 1
 
 
 @torch.inference_mode()
