@@ -8,7 +8,9 @@
    sets (seen attribute combinations, and held-out colour+shape combinations).
 2. Start from the tiny CLIP committed in `demo/tiny_clip/` (trained by `demo/train_tiny_clip.py`).
 3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
-   with noise ε = 0.016 and ε = 0 (side by side, one thread each).
+   with ε chosen from the data (`--noise_variance auto`: unlabelled images of the world against the corpus) and
+   ε = 0 (side by side, one thread each); with --full also the sweep, the paper's 0.016, the supervised reference,
+   and the auto run captioned with projection onto its text memory.
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
    caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
    nearest training caption by CLIP similarity.
@@ -36,6 +38,8 @@ TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
+UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
+MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
 SPLITS = ("test_seen", "test_heldout")
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
@@ -64,7 +68,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="training seeds; the table reports mean ± std over them (default: --seed; with --full: 0 1 2)",
     )
+    parser.add_argument(
+        "--noise_levels",
+        nargs="+",
+        default=None,
+        help="the text-only runs' ε values, numbers or auto (default: auto 0; with --full: auto and the sweep "
+        + " ".join(f"{eps:g}" for eps in SWEEP)
+        + ")",
+    )
+    parser.add_argument(
+        "--supervised", action="store_true", help="also the supervised reference (implied by --full)"
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="give the auto run a text memory and also caption with projection onto it (implied by --full)",
+    )
     args = parser.parse_args(argv)
+    args.supervised = args.supervised or args.full
+    args.memory = args.memory or args.full
+    if args.noise_levels is None:
+        args.noise_levels = ["auto", *SWEEP] if args.full else list(DEFAULT_NOISE)
+    else:
+        args.noise_levels = [eps if eps == "auto" else float(eps) for eps in args.noise_levels]
     if args.seeds is None:
         args.seeds = [0, 1, 2] if args.full and not args.smoke else [args.seed]
     return args
@@ -86,8 +112,19 @@ def build_world(folder: Path, smoke: bool, seed: int):
         print(f"reusing {folder}")
         return load_from_disk(str(folder))
     world = build_shapes_world(folder, seed=seed, **sizes)
+    write_unlabelled_images(world, folder / "unlabelled_images")
     marker.write_text(json.dumps({"seed": seed, **sizes}))
     return world
+
+
+def write_unlabelled_images(world, folder: Path) -> Path:
+    """The target domain's unlabelled images that `--noise_variance auto` compares with the corpus: the first
+    train_pairs images as PNG files, their captions left out (training stays text-only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = world["train_pairs"]
+    for index, image in enumerate(pairs.select(range(min(UNLABELLED_IMAGES, pairs.num_rows)))["image"]):
+        image.save(folder / f"{index:05d}.png")
+    return folder
 
 
 # -- 2. the decoder to start from -----------------------------------------------------------------------------
@@ -203,16 +240,17 @@ class RunProgress:
 
 # -- 4. captioning and scoring --------------------------------------------------------------------------------
 def caption_splits(
-    model_dir: Path, images_by_split: dict[str, list], batch_size: int = 64
+    model_dir: Path, images_by_split: dict[str, list], batch_size: int = 64, **generate_kwargs
 ) -> dict[str, list[str]]:
-    """One run's captions of every test split, through the Hub remote-code pipeline (loaded once per run)."""
+    """One run's captions of every test split, through the Hub remote-code pipeline (loaded once per run);
+    `generate_kwargs` such as `project_to_memory=True` go to the pipeline call."""
     from transformers import pipeline
 
     captioner = pipeline("image-to-text", model=str(model_dir), trust_remote_code=True)
     return {
         split: [
             output[0]["generated_text"]
-            for output in captioner(images, batch_size=batch_size, max_new_tokens=24)
+            for output in captioner(images, batch_size=batch_size, max_new_tokens=24, **generate_kwargs)
         ]
         for split, images in images_by_split.items()
     }
@@ -368,20 +406,25 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
     figure.savefig(path, dpi=120)
 
 
-DEFAULT_NOISE = (0.016, 0.0)
+DEFAULT_NOISE: tuple[float | str, ...] = ("auto", 0.0)
+MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
 
 
-def run_name(eps: float) -> str:
-    return f"eps={eps:g}"
+def run_name(eps: float | str) -> str:
+    return f"eps={eps}" if isinstance(eps, str) else f"eps={eps:g}"
 
 
 def run_trainings(
     args: argparse.Namespace, output_dir: Path, decoder_inits: dict[int, Path]
 ) -> tuple[dict[str, dict[int, Path]], dict]:
-    """Stage 3: the text-only runs (ε = 0.016 and 0; with --full the sweep and the supervised reference), once
+    """Stage 3: the text-only runs (ε = auto and 0; with --full the sweep and the supervised reference), once
     per training seed. Returns each run's folder by seed, and the wall time of each training."""
     max_steps = args.max_steps or (5 if args.smoke else None)
-    noise_levels = SWEEP if args.full else DEFAULT_NOISE
+    noise_levels = args.noise_levels
+    auto_arguments = ["--noise_images", str(output_dir / "world" / "unlabelled_images")]
+    auto_arguments += ["--noise_estimator", "pseudo_pairs"]
+    if args.memory:
+        auto_arguments += ["--text_memory_size", str(MEMORY_SIZE)]
     several = len(args.seeds) > 1
     run_dirs: dict[str, dict[int, Path]] = {}
     runs: dict[str, list[str]] = {}
@@ -398,8 +441,10 @@ def run_trainings(
 
     for seed in args.seeds:
         for eps in noise_levels:
-            add_run(run_name(eps), RECIPE, f"eps_{eps:g}", seed, "--noise_variance", str(eps))
-        if args.full:
+            extra = auto_arguments if eps == "auto" else []
+            folder = run_name(eps).replace("=", "_")
+            add_run(run_name(eps), RECIPE, folder, seed, "--noise_variance", str(eps), *extra)
+        if args.supervised:
             add_run("supervised", SUPERVISED_RECIPE, "supervised", seed)
     durations = train_runs(runs, args.jobs, output_dir)
     for name, seconds in durations.items():
@@ -415,6 +460,16 @@ def caption_and_score(
     predictions: dict[str, dict[int, dict[str, list[str]]]] = {}
     for name, by_seed in run_dirs.items():
         predictions[name] = {seed: caption_splits(model_dir, images) for seed, model_dir in by_seed.items()}
+    memory_runs = {
+        seed: folder
+        for seed, folder in run_dirs.get("eps=auto", {}).items()
+        if json.loads((folder / "config.json").read_text()).get("text_memory_size", 0)
+    }
+    if memory_runs:  # --full: the same models, projection onto the text memory on
+        predictions[MEMORY_RUN] = {
+            seed: caption_splits(folder, images, project_to_memory=True)
+            for seed, folder in memory_runs.items()
+        }
     corpus = world["train_text"]["caption"][:]
     # No training, so no seed: the baseline is scored once.
     predictions["nearest caption"] = {0: nearest_caption_baseline(clip, corpus, images)}
@@ -442,10 +497,15 @@ def report(
     table = results_table(results, spread)
     print(table)
     seen = {name: results[name]["test_seen"]["CIDEr"] for name in results}
-    if "eps=0.016" in seen and "eps=0" in seen and seen["eps=0"] > 0:
-        print(f"\nCIDEr test_seen, ε=0.016 / ε=0: {seen['eps=0.016'] / seen['eps=0']:.2f}×")
-    if "supervised" in seen and seen["supervised"] > 0:
-        print(f"CIDEr test_seen, ε=0.016 / supervised: {seen['eps=0.016'] / seen['supervised']:.2f}×")
+    print()
+    sweep = {name: value for name, value in seen.items() if name in {run_name(eps) for eps in SWEEP}}
+    best_sweep = max(sweep, key=sweep.get) if len(sweep) > 1 else None
+    for run in ("eps=auto", "eps=0.016", MEMORY_RUN):
+        for baseline in ("eps=0", best_sweep, "supervised", "nearest caption"):
+            if run in seen and baseline in seen and baseline != run and seen[baseline] > 0:
+                print(f"CIDEr test_seen, {run} / {baseline}: {seen[run] / seen[baseline]:.3f}×")
+    if best_sweep is not None:
+        print(f"sweep peak (test_seen CIDEr): {best_sweep}")
     seen_count, heldout_count = 8, 4
     gallery_images = images["test_seen"][:seen_count] + images["test_heldout"][:heldout_count]
     n = len(gallery_images)
@@ -471,7 +531,7 @@ def report(
     write_gallery(
         output_dir / "gallery.png", gallery_images, gallery_captions, gallery_references, titles, heading
     )
-    if args.full:
+    if sum(run_name(eps) in results for eps in SWEEP) > 1:
         plot_sweep(output_dir / "cider_vs_noise.png", results, seen.get("supervised"))
     return table
 
@@ -505,6 +565,13 @@ def main(argv: list[str] | None = None) -> dict:
     stage(f"3/5 text-only training (train_capdec.py), seeds {' '.join(map(str, args.seeds))}")
     run_dirs, durations = run_trainings(args, output_dir, decoder_inits)
 
+    auto_noise = {
+        seed: json.loads((folder / "config.json").read_text())["training_noise"]["noise_variance"]
+        for seed, folder in run_dirs.get("eps=auto", {}).items()
+    }
+    for seed, eps in auto_noise.items():
+        print(f"  eps=auto (seed {seed}): ε = {eps:.5f} estimated from the unlabelled images and the corpus")
+
     stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
     images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run
     predictions, per_seed = caption_and_score(world, run_dirs, Path(args.clip), images)
@@ -520,6 +587,7 @@ def main(argv: list[str] | None = None) -> dict:
         "std_over_seeds": spread,
         "per_seed": per_seed,
         "seeds": args.seeds,
+        "auto_noise_variance": auto_noise,
         "train_seconds": durations,
         "total_seconds": time.time() - start,
         "smoke": args.smoke,
@@ -531,7 +599,7 @@ def main(argv: list[str] | None = None) -> dict:
     (output_dir / "predictions.json").write_text(json.dumps(predictions, indent=1))
     print(
         f"\nwrote {output_dir / 'results.md'}, {output_dir / 'gallery.png'}"
-        + (f", {output_dir / 'cider_vs_noise.png'}" if args.full else "")
+        + (f", {output_dir / 'cider_vs_noise.png'}" if (output_dir / "cider_vs_noise.png").exists() else "")
         + f"  (total {time.time() - start:.0f} s)"
     )
     return summary

@@ -4,8 +4,6 @@ process that never imported this package."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,7 +31,7 @@ from tests.clip_resnet_reference import (
 )
 from tests.test_convert_original import original_state_dict
 from tests.test_pipeline_capdec import FRESH_PROCESS_SCRIPT
-from tests.tiny_models import tiny_gpt2_config
+from tests.tiny_models import run_in_fresh_process, tiny_gpt2_config
 
 GENERATE = {"max_new_tokens": 6, "num_beams": 2}
 RN50X4 = {"embed_dim": 640, "vision_cfg": {"image_size": 288, "layers": [4, 6, 10, 6], "width": 80}}
@@ -273,25 +271,9 @@ def test_rn_capdec_round_trips_through_a_fresh_process(rn_capdec_dir, image_file
     expected = processor.batch_decode(model.generate(**processor(images=image_files), **GENERATE))
     assert len(set(expected)) > 1  # the image decides the caption
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FRESH_PROCESS_SCRIPT,
-            str(folder),
-            json.dumps(image_files),
-            json.dumps(GENERATE),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    report = run_in_fresh_process(
+        FRESH_PROCESS_SCRIPT, [str(folder), json.dumps(image_files), json.dumps(GENERATE)], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules.") and report["clip_frozen"]
     assert report["direct"] == expected
     assert report["pipeline"] == expected

@@ -23,7 +23,12 @@ def test_demo_smoke_run_completes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())
-    assert set(summary["results"]) == {"eps=0.016", "eps=0", "nearest caption"}
+    assert set(summary["results"]) == {"eps=auto", "eps=0", "nearest caption"}
+    # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
+    config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
+    estimate = config["training_noise"]["estimate"]
+    assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 200
+    assert summary["auto_noise_variance"]["0"] == config["training_noise"]["noise_variance"] > 0
     for run in summary["results"].values():
         assert set(run) == {"test_seen", "test_heldout"}
         for metrics in run.values():
@@ -55,7 +60,7 @@ def test_demo_smoke_run_completes(tmp_path):
     cider = summary["results"]["nearest caption"]["test_seen"]["CIDEr"]
     assert "| nearest caption | test_seen |" in table and f"{cider:.3f}" in table
     # both trained folders are Hub-ready and hold a filled model card
-    for run in ("eps_0.016", "eps_0"):
+    for run in ("eps_auto", "eps_0"):
         folder = output / "runs" / run
         assert (folder / "model.safetensors").exists() and (folder / "modeling_capdec.py").exists()
         assert "${" not in (folder / "README.md").read_text()
@@ -100,3 +105,18 @@ def test_gallery_shows_reference_and_marks_exact_matches(tmp_path):
     assert (0, 100, 0) in colours  # darkgreen: the exact match in cell 0
     assert (178, 34, 34) in colours  # firebrick: the wrong caption in cell 1
     assert GALLERY_FONT_PX >= 12
+
+
+def test_run_selection_options():
+    from demo.run_demo import SWEEP, parse_args
+
+    default = parse_args([])
+    assert default.noise_levels == ["auto", 0.0] and not default.supervised and not default.memory
+    assert default.seeds == [0]
+    full = parse_args(["--full"])
+    assert (
+        full.noise_levels == ["auto", *SWEEP] and full.supervised and full.memory and full.seeds == [0, 1, 2]
+    )
+    chosen = parse_args(["--noise_levels", "auto", "0.016", "--memory", "--seeds", "3", "4"])
+    assert chosen.noise_levels == ["auto", 0.016] and chosen.memory and not chosen.supervised
+    assert chosen.seeds == [3, 4]

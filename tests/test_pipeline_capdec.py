@@ -1,9 +1,6 @@
 """The saved folder as a user meets it: Auto classes and pipelines, in-process and where the package is absent."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecImageToTextPipeline
+from tests.tiny_models import run_in_fresh_process
 
 GENERATE = {"max_new_tokens": 6, "num_beams": 2}
 
@@ -59,25 +57,9 @@ def expected_captions(saved_dir, image_files):
 def test_loads_and_captions_where_the_package_is_not_installed(
     saved_dir, image_files, expected_captions, tmp_path
 ):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            FRESH_PROCESS_SCRIPT,
-            str(saved_dir),
-            json.dumps(image_files),
-            json.dumps(GENERATE),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    report = run_in_fresh_process(
+        FRESH_PROCESS_SCRIPT, [str(saved_dir), json.dumps(image_files), json.dumps(GENERATE)], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules.")  # the folder's copy of the code
     assert report["model_class"] == "CapDecForConditionalGeneration"
     assert report["pipeline_class"] == "CapDecImageToTextPipeline"  # the task is inferred from the config

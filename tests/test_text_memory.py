@@ -2,10 +2,7 @@
 the memory saved with the weights and reloaded bit-exact, also through the remote-code pipeline."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -15,7 +12,7 @@ from safetensors.torch import load_file
 
 from modeling_capdec import CapDecForConditionalGeneration
 from modeling_capdec.training.text_memory import attach_text_memory, sample_memory_rows
-from tests.tiny_models import CAPTIONS, tiny_model
+from tests.tiny_models import CAPTIONS, run_in_fresh_process, tiny_model
 
 GENERATE = {"max_new_tokens": 6}
 
@@ -122,19 +119,10 @@ REMOTE_SCRIPT = textwrap.dedent(
 def test_memory_round_trips_through_the_remote_code_pipeline(
     memory_model, memory_dir, processor, image_files, tmp_path
 ):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    env.pop("PYTHONPATH", None)
     memory_file = tmp_path / "remote_memory.safetensors"
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(memory_dir), json.dumps(image_files), str(memory_file)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    report = run_in_fresh_process(
+        REMOTE_SCRIPT, [str(memory_dir), json.dumps(image_files), str(memory_file)], tmp_path
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith("transformers_modules.")
     assert torch.equal(load_file(memory_file)["text_memory"], memory_model.text_memory)
     inputs = processor(images=image_files, return_tensors="pt")

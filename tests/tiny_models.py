@@ -1,5 +1,11 @@
 """Tiny random CLIP / GPT-2 / tokenizers built offline in about a second, for tests and quick checks."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from transformers import CLIPConfig, CLIPTokenizer, GPT2Config, GPT2Tokenizer
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -105,3 +111,21 @@ def tiny_model(
     )
     torch.manual_seed(seed)
     return CapDecForConditionalGeneration(config).eval()
+
+
+def run_in_fresh_process(script: str, arguments: list[str], tmp_path: Path) -> dict:
+    """Run `script` in a new interpreter with no PYTHONPATH, offline, and a modules cache of its own (the way a
+    user who never installed this package loads a saved folder with `trust_remote_code`); returns the JSON
+    object its last output line prints."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
