@@ -129,10 +129,12 @@ def test_noise_variance_setting_reads_numbers_and_auto():
 def test_study_reads_a_sweep_and_finds_the_nearest_swept_noise(tmp_path):
     from demo.estimate_noise_study import nearest_sweep_point, read_sweep
 
-    assert max(read_sweep(None).items(), key=lambda item: item[1])[0] == 0.004  # the README's peak
+    assert max(read_sweep(None).items(), key=lambda item: item[1])[0] == 0.016  # the README's peak
     results = {
         "eps=0": {"test_seen": {"CIDEr": 1.0}},
         "eps=0.01": {"test_seen": {"CIDEr": 2.0}},
+        "eps=auto": {"test_seen": {"CIDEr": 3.0}},
+        "eps=auto + memory": {"test_seen": {"CIDEr": 4.0}},
         "supervised": {},
     }
     (tmp_path / "results.json").write_text(json.dumps({"results": results}))
