@@ -30,6 +30,7 @@ from transformers.image_utils import PILImageResampling
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from modeling_capdec.configuration_capdec import CLIPResNetConfig
+from modeling_capdec.convert.key_checks import key_mismatches
 from modeling_capdec.modeling_capdec import CLIPResNetModel
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -240,13 +241,8 @@ def map_open_clip_state_dict(
     optional = {key for key in expected if key.endswith("num_batches_tracked")}
     # transformers' CLIP text embeddings hold a position_ids buffer that no checkpoint needs.
     optional |= {key for key in expected if key.endswith("embeddings.position_ids")}
-    missing = sorted(set(expected) - set(mapped) - optional)
-    unexpected = sorted(key for key in unknown) + sorted(key for key in mapped if key not in expected)
-    mismatched = [
-        f"{key}: {tuple(value.shape)} in the file, {tuple(expected[key].shape)} in the model"
-        for key, value in mapped.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
+    missing, unexpected, mismatched = key_mismatches(mapped, expected, optional)
+    unexpected = sorted(unknown) + unexpected
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{source} does not fit a CLIP ResNet of this config (layers {list(model.config.vision_config.layers)}, "

@@ -22,6 +22,7 @@ import torch
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
 from modeling_capdec.commands.recipes import parse_recipe_and_args
+from modeling_capdec.convert.key_checks import key_mismatches
 from modeling_capdec.convert.open_clip import resolve_clip_model
 
 # GPT-2 causal-mask buffers that older transformers wrote into state dicts; today's GPT-2 builds them itself.
@@ -273,15 +274,9 @@ def _load_strictly(
     """Load the mapper and decoder weights; every key of those parts must be there (a tied output layer may be
     absent), and shapes must agree. Errors name the keys."""
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("clip.")}
-    missing = sorted(set(expected) - set(weights) - {"decoder.lm_head.weight"})
+    missing, unexpected, mismatched = key_mismatches(weights, expected, optional={"decoder.lm_head.weight"})
     if "decoder.lm_head.weight" not in weights and not model.config.tie_word_embeddings:
         missing.append("decoder.lm_head.weight")
-    unexpected = sorted(set(weights) - set(expected))
-    mismatched = [
-        f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
-        for k, v in weights.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{source} does not fit the model (mapping_type={model.config.mapping_type!r}, "
