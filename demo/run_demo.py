@@ -506,25 +506,17 @@ def report(
                 print(f"CIDEr test_seen, {run} / {baseline}: {seen[run] / seen[baseline]:.3f}×")
     if best_sweep is not None:
         print(f"sweep peak (test_seen CIDEr): {best_sweep}")
-    seen_count, heldout_count = 8, 4
-    gallery_images = images["test_seen"][:seen_count] + images["test_heldout"][:heldout_count]
-    n = len(gallery_images)
-    titles = [f"test_seen #{i}" for i in range(seen_count)] + [
-        f"test_heldout #{i}" for i in range(heldout_count)
-    ]
-    titles = (titles[: min(seen_count, len(images["test_seen"]))] + titles[seen_count:])[:n]
+    shown = {"test_seen": 8, "test_heldout": 4}  # the first images of each split
+
+    def pick(by_split: dict[str, list]) -> list:
+        return [item for split, count in shown.items() for item in by_split[split][:count]]
+
     gallery_runs = [name for name in (run_name(eps) for eps in DEFAULT_NOISE) if name in predictions]
     first_seed = args.seeds[0]
-    gallery_captions = {
-        name: (
-            predictions[name][first_seed]["test_seen"][:seen_count]
-            + predictions[name][first_seed]["test_heldout"][:heldout_count]
-        )[:n]
-        for name in gallery_runs
-    }
-    gallery_references = (references["test_seen"][:seen_count] + references["test_heldout"][:heldout_count])[
-        :n
-    ]
+    gallery_images = pick(images)
+    titles = pick({split: [f"{split} #{i}" for i in range(len(images[split]))] for split in shown})
+    gallery_captions = {name: pick(predictions[name][first_seed]) for name in gallery_runs}
+    gallery_references = pick(references)
     heading = (
         f"CapDec text-only runs {', '.join(gallery_runs)} (training seed {first_seed}) on the shapes world"
     )
