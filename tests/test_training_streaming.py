@@ -295,7 +295,9 @@ def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_
         "    return batch\n"
         "CapDecDataCollator.__call__ = record\n"
         "train_capdec.main(sys.argv[1:])\n"
-        "print('IDS', os.environ['RANK'], json.dumps(seen), flush=True)\n"
+        # One file per process: both share stdout, where their lines can interleave.
+        f"with open({str(tmp_path)!r} + '/ids-' + os.environ['RANK'] + '.json', 'w') as f:\n"
+        "    json.dump(seen, f)\n"
     )
     output_dir = tmp_path / "ddp"
     accelerate = str(Path(sys.executable).parent / "accelerate")
@@ -305,11 +307,7 @@ def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_
         command, cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    seen = {
-        int(line.split()[1]): json.loads(line.split(maxsplit=2)[2])
-        for line in result.stdout.splitlines()
-        if line.startswith("IDS ")
-    }
+    seen = {rank: json.loads((tmp_path / f"ids-{rank}.json").read_text()) for rank in (0, 1)}
     # Three steps and one batch read ahead, of 4 examples, on each process; the stream is shuffled.
     assert sorted(seen) == [0, 1] and all(len(batches) == 4 for batches in seen.values())
     trained = [example for rank in (0, 1) for batch in seen[rank][:3] for example in batch]
