@@ -148,3 +148,19 @@ def test_memory_rows_are_a_seeded_sample():
     rows = sample_memory_rows(1000, 20, seed=3)
     assert rows == sample_memory_rows(1000, 20, seed=3) != sample_memory_rows(1000, 20, seed=4)
     assert len(set(rows)) == 20 and rows == sorted(rows)
+
+
+def test_a_run_continued_from_a_folder_drops_its_memory_and_says_so(memory_dir, caplog):
+    # The folder's memory holds its own corpus; a run on another corpus must not keep projecting onto it.
+    from modeling_capdec.training.trainer import load_capdec_for_training
+
+    with caplog.at_level("WARNING", logger="modeling_capdec.training.trainer"):
+        model, _ = load_capdec_for_training(init_from=str(memory_dir))
+    assert model.text_memory is None and model.config.text_memory_size == 0
+    assert (
+        f"init_from={str(memory_dir)!r} holds a text memory of 9 rows from its own training corpus"
+        in caplog.text
+    )
+    assert "--text_memory_size N" in caplog.text
+    with pytest.raises(ValueError, match="has no text memory to project onto"):
+        model.project_to_text_memory(torch.randn(1, model.config.clip_projection_dim))

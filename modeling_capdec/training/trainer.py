@@ -300,6 +300,16 @@ def load_capdec_for_training(
             )
         model = CapDecForConditionalGeneration.from_pretrained(init_from)
         processor = CapDecProcessor.from_pretrained(init_from)
+        if model.config.text_memory_size:
+            # The memory is the embeddings of the folder's training captions; kept, this run's model would
+            # project onto a corpus it was not trained on. --text_memory_size builds one from this run's.
+            logger.warning(
+                "init_from=%r holds a text memory of %d rows from its own training corpus: dropped. Give "
+                "--text_memory_size N to store one built from this run's corpus.",
+                init_from,
+                model.config.text_memory_size,
+            )
+            model.set_text_memory(None)
         if train_decoder is not None:
             model.config.train_decoder = train_decoder
             model.decoder.requires_grad_(train_decoder)
