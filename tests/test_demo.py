@@ -9,6 +9,8 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from modeling_capdec.evaluation.metrics import compute_caption_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -54,6 +56,9 @@ def test_demo_smoke_run_completes(tmp_path):
                 / 12
             )
             assert summary["results"][run][split]["exact"] == pytest.approx(exact), (run, split)
+            # Every run's sets were scored together: each keeps its own score (CIDEr, recomputed alone).
+            alone = compute_caption_metrics(texts, references, metrics=["CIDEr"])["CIDEr"]
+            assert summary["results"][run][split]["CIDEr"] == pytest.approx(alone, abs=1e-12), (run, split)
             assert all(0 <= summary["results"][run][split][m] <= 10 for m in ("BLEU-4", "CIDEr"))
     assert set(predictions["nearest caption"]["test_seen"]) <= corpus
     table = (output / "results.md").read_text()
