@@ -1,6 +1,6 @@
 """A web demo: caption uploaded or pasted images with a saved CapDec folder (Gradio, `pip install "capdec[app]"`).
 
-    capdec-app                                   # the model `make demo` trained (demo_outputs/runs/eps_0.016)
+    capdec-app                                   # the model `make demo` trained (demo_outputs/runs/eps_auto)
     capdec-app --model outputs/capdec-coco       # any saved folder: plain, merged LoRA, or a LoRA adapter
     python -m demo.app --model DIR --port 7861   # the same, from the checkout
 
@@ -16,14 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_MODEL = Path("demo_outputs") / "runs" / "eps_0.016"
+# The ε = auto run of `make demo` (demo/run_demo.py names its folders eps_<ε>; under --full, with three seeds,
+# eps_auto_seed0 and so on).
+DEFAULT_MODEL = Path("demo_outputs") / "runs" / "eps_auto"
 LOOPBACK_NAMES = ("localhost",)
 # Decoding defaults: greedy, at most the original code's 67 tokens.
 MAX_NEW_TOKENS = 67
 
 
 def check_model_folder(model: str | Path) -> Path:
-    """The model folder, or a `FileNotFoundError` that says how to get one (`make demo` trains the default).
+    """The model folder, or a `FileNotFoundError` that says how to get one (`make demo` trains the default; after
+    `make demo-full`, which trains three seeds, the default is the first seed's model).
 
     Example:
 
@@ -35,11 +38,14 @@ def check_model_folder(model: str | Path) -> Path:
     ```
     """
     folder = Path(model)
+    seed0 = DEFAULT_MODEL.with_name(DEFAULT_MODEL.name + "_seed0")
+    if folder == DEFAULT_MODEL and not folder.exists() and (seed0 / "config.json").is_file():
+        return seed0  # `make demo-full` trained three seeds: the first one's model
     if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
         return folder
     hint = (
-        "Run `make demo` first: it trains the demo's model into demo_outputs/runs/eps_0.016 (about 8 minutes on "
-        "2 CPU cores). Or pass --model DIR, a folder saved by train_capdec.py."
+        f"Run `make demo` first: it trains the demo's model into {DEFAULT_MODEL}. Or pass --model DIR, a folder "
+        "saved by train_capdec.py."
         if folder == DEFAULT_MODEL
         else "Pass --model DIR, a folder saved by train_capdec.py (or model.save_pretrained + processor.save_pretrained)."
     )
@@ -79,7 +85,7 @@ def load_captioner(model: str | Path, device: str | None = None) -> Any:
     Example:
 
     ```python
-    >>> captioner = load_captioner("demo_outputs/runs/eps_0.016")  # doctest: +SKIP
+    >>> captioner = load_captioner("demo_outputs/runs/eps_auto")  # doctest: +SKIP
     ```
     """
     from transformers import pipeline
@@ -139,7 +145,7 @@ def build_app(captioner: Any, model_name: str) -> Any:
     Example:
 
     ```python
-    >>> build_app(load_captioner("demo_outputs/runs/eps_0.016"), "eps_0.016").launch()  # doctest: +SKIP
+    >>> build_app(load_captioner("demo_outputs/runs/eps_auto"), "eps_auto").launch()  # doctest: +SKIP
     ```
     """
     import gradio as gr
@@ -213,13 +219,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`capdec-app`: check the arguments, load the model, serve the page until interrupted."""
     args = parse_args(argv)
     host = check_loopback(args.host)
-    captioner = load_captioner(args.model, args.device)
+    model = check_model_folder(args.model)
+    captioner = load_captioner(model, args.device)
     import gradio as gr
 
     # System fonts: the default theme fetches web fonts, and the demo must work without a network.
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    app = build_app(captioner, Path(args.model).name)
-    print(f"Serving {args.model} on http://{host}:{args.port}", flush=True)
+    app = build_app(captioner, model.name)
+    print(f"Serving {model} on http://{host}:{args.port}", flush=True)
     app.launch(server_name=host, server_port=args.port, share=False, ssr_mode=False, theme=theme, quiet=True)
 
 

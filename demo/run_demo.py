@@ -283,13 +283,20 @@ def nearest_caption_baseline(
         }
 
 
-def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
-    from modeling_capdec.evaluation.metrics import compute_caption_metrics
+def score_sets(prediction_sets: dict, references: list[list[str]]) -> dict:
+    """Toolkit scores and exact match of several sets of captions of the same images, `{key: captions}` in,
+    `{key: metrics}` out; the toolkit's Java starts once for all of them."""
+    from modeling_capdec.evaluation.metrics import compute_caption_metrics_many
 
-    metrics = compute_caption_metrics(predictions, references)
-    exact = sum(is_exact(p, refs) for p, refs in zip(predictions, references, strict=True))
-    metrics["exact"] = exact / len(predictions)
-    return metrics
+    scores = compute_caption_metrics_many(prediction_sets, references)
+    for key, predictions in prediction_sets.items():
+        exact = sum(is_exact(p, refs) for p, refs in zip(predictions, references, strict=True))
+        scores[key]["exact"] = exact / len(predictions)
+    return scores
+
+
+def score(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    return score_sets({0: predictions}, references)[0]
 
 
 # -- 5. report ------------------------------------------------------------------------------------------------
@@ -474,13 +481,15 @@ def caption_and_score(
     # No training, so no seed: the baseline is scored once.
     predictions["nearest caption"] = {0: nearest_caption_baseline(clip, corpus, images)}
     references = {split: world[split]["captions"][:] for split in images}
-    scores = {
-        name: {
-            seed: {split: score(texts, references[split]) for split, texts in by_split.items()}
+    scores: dict = {name: {seed: {} for seed in by_seed} for name, by_seed in predictions.items()}
+    for split in tqdm(images, desc="scoring (every run at once, per split)"):
+        sets = {
+            (name, seed): by_split[split]
+            for name, by_seed in predictions.items()
             for seed, by_split in by_seed.items()
         }
-        for name, by_seed in tqdm(predictions.items(), desc="scoring")
-    }
+        for (name, seed), metrics in score_sets(sets, references[split]).items():
+            scores[name][seed][split] = metrics
     return predictions, scores
 
 

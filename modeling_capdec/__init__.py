@@ -58,7 +58,7 @@ _LAZY_NAMES = {
     "modeling_capdec.training.model_card": ("model_card_fields", "render_model_card"),
     "modeling_capdec.evaluation.eval_sets": ("CaptionEvalSet", "load_eval_set"),
     "modeling_capdec.evaluation.captioning": ("caption_images",),
-    "modeling_capdec.evaluation.metrics": ("compute_caption_metrics",),
+    "modeling_capdec.evaluation.metrics": ("compute_caption_metrics", "compute_caption_metrics_many"),
 }
 _LAZY_MODULES = {name: module for module, names in _LAZY_NAMES.items() for name in names}
 

@@ -127,6 +127,11 @@ def test_app_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default model is relative: here `make demo` has not run
     with pytest.raises(FileNotFoundError, match=r"Run `make demo` first: it trains the demo's model"):
         check_model_folder(DEFAULT_MODEL)
+    # After `make demo-full` (three seeds) the default is the first seed's ε = auto model.
+    seed0 = tmp_path / "demo_outputs" / "runs" / "eps_auto_seed0"
+    seed0.mkdir(parents=True)
+    (seed0 / "config.json").write_text("{}")
+    assert check_model_folder(DEFAULT_MODEL) == Path("demo_outputs/runs/eps_auto_seed0")
     with pytest.raises(FileNotFoundError, match=rf"No saved CapDec model at {tmp_path}"):
         check_model_folder(tmp_path)
     with pytest.raises(ValueError, match=r"--host 0.0.0.0 is not a loopback address"):

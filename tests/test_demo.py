@@ -9,6 +9,9 @@ import pytest
 from datasets import load_from_disk
 from PIL import Image
 
+from demo.app import DEFAULT_MODEL
+from modeling_capdec.evaluation.metrics import compute_caption_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -54,11 +57,17 @@ def test_demo_smoke_run_completes(tmp_path):
                 / 12
             )
             assert summary["results"][run][split]["exact"] == pytest.approx(exact), (run, split)
+            # Every run's sets were scored together: each keeps its own score (CIDEr, recomputed alone).
+            alone = compute_caption_metrics(texts, references, metrics=["CIDEr"])["CIDEr"]
+            assert summary["results"][run][split]["CIDEr"] == pytest.approx(alone, abs=1e-12), (run, split)
             assert all(0 <= summary["results"][run][split][m] <= 10 for m in ("BLEU-4", "CIDEr"))
     assert set(predictions["nearest caption"]["test_seen"]) <= corpus
     table = (output / "results.md").read_text()
     cider = summary["results"]["nearest caption"]["test_seen"]["CIDEr"]
     assert "| nearest caption | test_seen |" in table and f"{cider:.3f}" in table
+    # The web demo's default model is the one `make demo` trains (relative to the checkout: here, the output).
+    assert DEFAULT_MODEL.parent == Path("demo_outputs/runs")
+    assert (output / "runs" / DEFAULT_MODEL.name / "config.json").is_file()
     # both trained folders are Hub-ready and hold a filled model card
     for run in ("eps_auto", "eps_0"):
         folder = output / "runs" / run

@@ -100,10 +100,12 @@ def scores_and_toolkit_scores() -> tuple[dict[str, float], dict[str, float]]:
     Both use one toolkit `Meteor` process, which keeps no state between `compute_score` calls: a METEOR JVM
     takes 10-20 s to load its paraphrase table. `MEASURED` pins what a fresh one gives."""
     meteor = Meteor()
+    toolkit = _toolkit_by_hand(meteor)  # first: ours ends the METEOR process it was given when done
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(metrics_module, "Meteor", lambda: meteor)
         ours = compute_caption_metrics([PREDICTIONS[i] for i in REFERENCES], list(REFERENCES.values()))
-    return ours, _toolkit_by_hand(meteor)
+    assert meteor.meteor_p.poll() is not None  # no JVM (and its 2 GB heap) left waiting for the collector
+    return ours, toolkit
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +119,46 @@ def test_same_numbers_as_the_toolkit_by_hand(scores_and_toolkit_scores):
     for name, value in toolkit_scores.items():
         assert round(our_scores[name], 4) == round(value, 4), name
         assert our_scores[name] == pytest.approx(MEASURED[name], abs=1e-6), name
+
+
+def test_several_sets_score_as_each_alone_with_one_tokenizer_and_one_meteor(our_scores, monkeypatch, caplog):
+    ids = list(REFERENCES)
+    runs = {
+        "run a": dict(PREDICTIONS),
+        "run b": {i: REFERENCES[i][0] for i in ids},  # a reference itself: near-perfect scores
+        "run c": {i: "a person" for i in ids},
+    }
+    alone = {name: compute_caption_metrics(predictions, REFERENCES) for name, predictions in runs.items()}
+    started = {"Meteor": 0, "PTBTokenizer": 0}
+
+    def counted(name):
+        original = getattr(metrics_module, name)
+
+        def start(*args, **kwargs):
+            started[name] += 1
+            return original(*args, **kwargs)
+
+        return start
+
+    monkeypatch.setattr(metrics_module, "Meteor", counted("Meteor"))
+    monkeypatch.setattr(metrics_module, "PTBTokenizer", counted("PTBTokenizer"))
+    with caplog.at_level("WARNING", logger="modeling_capdec.evaluation.metrics"):
+        together = metrics_module.compute_caption_metrics_many(runs, REFERENCES)
+    assert started == {"Meteor": 1, "PTBTokenizer": 1}
+    assert list(together) == list(runs)
+    assert together == alone  # exactly: the same tokens, and METEOR keeps no state between sets
+    assert together["run a"]["METEOR"] == pytest.approx(MEASURED["METEOR"], abs=1e-6)
+    assert together["run b"]["CIDEr"] > together["run a"]["CIDEr"] > together["run c"]["CIDEr"]
+    assert "run a: 1 of 6 predictions are empty after tokenisation (e.g. image 397133)" in caplog.text
+
+
+def test_several_sets_name_the_bad_one_before_java_starts(monkeypatch):
+    monkeypatch.setattr(metrics_module.shutil, "which", lambda _: pytest.fail("java looked up"))
+    runs = {"good": {1: "a dog"}, "bad": {1: None}}
+    with pytest.raises(TypeError, match=r"prediction set 'bad': Prediction for image id 1 is a NoneType"):
+        metrics_module.compute_caption_metrics_many(runs, {1: ["a dog"]})
+    with pytest.raises(ValueError, match="No prediction sets to score"):
+        metrics_module.compute_caption_metrics_many({}, {1: ["a dog"]})
 
 
 def test_dicts_are_matched_by_id_not_order(our_scores):

@@ -100,23 +100,70 @@ def compute_caption_metrics(
         >>> sorted(scores)
         ['BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4', 'CIDEr']
     """
-    image_ids, candidates, reference_lists = _align(predictions, references)
+    return compute_caption_metrics_many({None: predictions}, references, metrics)[None]
+
+
+def compute_caption_metrics_many(
+    prediction_sets: Mapping[Any, Sequence[str] | Mapping[Any, str]],
+    references: Sequence[Sequence[str]] | Mapping[Any, Sequence[str]],
+    metrics: Iterable[str] | None = None,
+) -> dict[Any, dict[str, float]]:
+    """`compute_caption_metrics` for several sets of predictions of the same images (runs, checkpoints, seeds):
+    `{name: predictions}` in, `{name: scores}` out, each set's scores those `compute_caption_metrics` gives it
+    alone. The toolkit's Java starts once for all of them, not once per set: one tokenizer call and one METEOR
+    process (its ~10 s start), so scoring ten runs costs about what scoring one did.
+
+    Every set is checked (the same rules as `compute_caption_metrics`, the message naming the set) before any
+    Java starts.
+
+    Example:
+        >>> references = {1: ["a dog running on the beach"], 2: ["a cat sleeping on a sofa"]}
+        >>> runs = {"eps=0": {1: "a dog", 2: "a cat"}, "eps=0.016": {1: "a dog on the beach", 2: "a cat on a sofa"}}
+        >>> scores = compute_caption_metrics_many(runs, references, metrics=["CIDEr"])
+        >>> scores["eps=0.016"]["CIDEr"] > scores["eps=0"]["CIDEr"]
+        True
+    """
+    if not prediction_sets:
+        raise ValueError("No prediction sets to score.")
+    aligned = {}
+    for name, predictions in prediction_sets.items():
+        try:
+            aligned[name] = _align(predictions, references)
+        except (KeyError, ValueError, TypeError) as error:
+            if name is None:
+                raise
+            raise type(error)(f"prediction set {name!r}: {error.args[0] if error.args else error}") from error
     names = _resolve_metric_names(metrics)
     if shutil.which("java") is None:
         raise RuntimeError(JAVA_INSTALL_HINT)
 
-    # The toolkit's scorers take {key: [tokenised caption, ...]}; positions as keys keep any id type usable
-    # (SPICE sorts the keys and writes them to JSON).
-    res, gts = _tokenize(candidates, reference_lists)
-    _warn_about_empty_predictions(res, image_ids)
+    # One tokenizer call for every set: the references once, each set's candidates after them. The toolkit's
+    # scorers take {key: [tokenised caption, ...]}; positions as keys keep any id type usable (SPICE sorts the
+    # keys and writes them to JSON).
+    _, _, reference_lists = next(iter(aligned.values()))
+    candidate_sets = {name: candidates for name, (_, candidates, _) in aligned.items()}
+    res_sets, gts = _tokenize(candidate_sets, reference_lists)
+    meteor = _Meteor() if "METEOR" in names else None
+    try:
+        scores = {}
+        for name, (image_ids, _, _) in aligned.items():
+            res = res_sets[name]
+            _warn_about_empty_predictions(res, image_ids, name)
+            scores[name] = _score_tokenized(gts, res, names, meteor)
+    finally:
+        if meteor is not None:
+            meteor.close()
+    return scores
 
+
+def _score_tokenized(gts: dict, res: dict, names: list[str], meteor: "_Meteor | None") -> dict[str, float]:
     scores: dict[str, float] = {}
     if "BLEU" in names:
         # "closest" reference length for the brevity penalty, as the toolkit's Bleu always does.
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         scores.update({f"BLEU-{n}": float(value) for n, value in enumerate(bleu, start=1)})
     if "METEOR" in names:
-        scores["METEOR"] = _meteor_score(gts, res)
+        scores["METEOR"] = meteor.score(gts, res)
     if "ROUGE-L" in names:
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
     if "CIDEr" in names:
@@ -263,13 +310,17 @@ def _java_stderr_captured():
             lines.extend(read().splitlines())
 
 
-def _tokenize(candidates: list[str], reference_lists: list[list[str]]) -> tuple[dict, dict]:
-    """PTB-tokenise (lower case, punctuation removed) with the toolkit, in one JVM for both sides.
+def _tokenize(
+    candidate_sets: Mapping[Any, list[str]], reference_lists: list[list[str]]
+) -> tuple[dict[Any, dict], dict]:
+    """PTB-tokenise (lower case, punctuation removed) with the toolkit, in one JVM for the references and every
+    set of candidates. Returns `({set name: res}, gts)`, keyed by position as the scorers want.
 
     The tokenizer handles each line on its own, so one call gives the same tokens as `COCOEvalCap`'s two."""
-    captions = {
-        ("prediction", index): [{"caption": _one_line(caption)}] for index, caption in enumerate(candidates)
-    }
+    captions = {}
+    for set_index, candidates in enumerate(candidate_sets.values()):
+        for index, caption in enumerate(candidates):
+            captions["prediction", set_index, index] = [{"caption": _one_line(caption)}]
     for index, refs in enumerate(reference_lists):
         captions["references", index] = [{"caption": _one_line(ref)} for ref in refs]
     with _java_stderr_captured() as java_messages:
@@ -279,34 +330,57 @@ def _tokenize(candidates: list[str], reference_lists: list[list[str]]) -> tuple[
         logger.info(
             "PTB tokenizer: %d untokenizable characters dropped (%s)", len(untokenizable), untokenizable[0]
         )
-    res = {index: tokenized["prediction", index] for index in range(len(candidates))}
+    res_sets = {
+        name: {index: tokenized["prediction", set_index, index] for index in range(len(candidates))}
+        for set_index, (name, candidates) in enumerate(candidate_sets.items())
+    }
     gts = {index: tokenized["references", index] for index in range(len(reference_lists))}
-    return res, gts
+    return res_sets, gts
 
 
-def _warn_about_empty_predictions(res: dict[int, list[str]], image_ids: list[Any]) -> None:
+def _warn_about_empty_predictions(res: dict[int, list[str]], image_ids: list[Any], name: Any = None) -> None:
     empty = [image_ids[index] for index, (caption,) in res.items() if not caption.strip()]
     if empty:
         logger.warning(
-            "%d of %d predictions are empty after tokenisation (e.g. image %r); each scores 0 for its image.",
+            "%s%d of %d predictions are empty after tokenisation (e.g. image %r); each scores 0 for its image.",
+            "" if name is None else f"{name}: ",
             len(empty),
             len(image_ids),
             empty[0],
         )
 
 
-def _meteor_score(gts: dict, res: dict) -> float:
-    meteor = Meteor()
-    try:
-        score, _ = meteor.compute_score(gts, res)
-    except (ValueError, OSError) as error:
-        # The JVM died (e.g. it could not reserve its 2 GB heap): an empty line where a score should be.
-        # compute_score still holds the lock that Meteor.__del__ takes, which would hang at exit.
-        meteor.lock.release()
-        meteor.meteor_p.kill()
-        stderr = meteor.meteor_p.stderr.read().decode(errors="replace").strip()
-        raise RuntimeError(f"METEOR's Java process failed: {stderr or error}") from error
-    return float(score)
+class _Meteor:
+    """The toolkit's METEOR process, started once and asked for one score per set of predictions (each EVAL line
+    carries its set's own statistics, so a set's score does not depend on the sets scored before it)."""
+
+    def __init__(self) -> None:
+        self.meteor = Meteor()
+
+    def score(self, gts: dict, res: dict) -> float:
+        try:
+            score, _ = self.meteor.compute_score(gts, res)
+        except (ValueError, OSError) as error:
+            # The JVM died (e.g. it could not reserve its 2 GB heap): an empty line where a score should be.
+            # compute_score still holds the lock that Meteor.__del__ takes, which would hang at exit.
+            self.meteor.lock.release()
+            self.meteor.meteor_p.kill()
+            stderr = self.meteor.meteor_p.stderr.read().decode(errors="replace").strip()
+            raise RuntimeError(f"METEOR's Java process failed: {stderr or error}") from error
+        return float(score)
+
+    def close(self) -> None:
+        # What Meteor.__del__ does, now rather than whenever the object is collected; then __del__ has nothing to
+        # wait for (kill and wait on an ended process return at once).
+        if self.meteor.meteor_p.poll() is None:
+            self.meteor.meteor_p.stdin.close()
+            self.meteor.meteor_p.kill()
+            self.meteor.meteor_p.wait()
 
 
-__all__ = ["compute_caption_metrics", "spice_models_available", "METRIC_NAMES"]
+__all__ = [
+    "compute_caption_metrics",
+    "compute_caption_metrics_many",
+    "spice_models_available",
+    "METRIC_NAMES",
+]
