@@ -121,8 +121,10 @@ def test_run_selection_options():
 
     default = parse_args([])
     assert default.noise_levels == ["auto", 0.0] and not default.supervised and not default.memory
-    assert default.seeds == [0]
+    assert default.seeds == [0] and default.max_steps == 1000  # the quick default; --full trains the recipe's
+    assert parse_args(["--max_steps", "300"]).max_steps == 300 and parse_args(["--smoke"]).max_steps == 5
     full = parse_args(["--full"])
+    assert full.max_steps is None and parse_args(["--full", "--max_steps", "50"]).max_steps == 50
     assert (
         full.noise_levels == ["auto", *SWEEP] and full.supervised and full.memory and full.seeds == [0, 1, 2]
     )
