@@ -143,3 +143,24 @@ def test_study_reads_a_sweep_and_finds_the_nearest_swept_noise(tmp_path):
     assert nearest_sweep_point(0.0019, sweep) == 0.001  # log10 distance 0.28 against 0.32 to 0.004
     assert nearest_sweep_point(0.0021, sweep) == 0.004
     assert nearest_sweep_point(1e-6, sweep) == 0.0
+
+
+def test_the_estimate_embeds_on_the_device_it_is_given(processor, monkeypatch):
+    # Before training the model is still where it was loaded (Trainer moves it later): the estimate must move
+    # CLIP to the training device it embeds on, as the corpus embedding does, not send inputs to a device
+    # CLIP is not on.
+    from datasets import Dataset
+
+    from modeling_capdec.training.noise_estimate import embed_for_estimate
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model(processor)
+    moved, move = [], model.clip.to
+    monkeypatch.setattr(model.clip, "to", lambda device: moved.append(device) or move(device))
+    corpus = Dataset.from_dict({"caption": ["a dog on the beach", "a cat on a sofa"]})
+    text_embeds, _, image_embeds = embed_for_estimate(model, processor, corpus, device="cpu")
+    assert (
+        moved == ["cpu"]
+        and text_embeds.shape == (2, model.config.clip_projection_dim)
+        and image_embeds is None
+    )

@@ -26,7 +26,7 @@ from modeling_capdec.training.noise_estimate import (
     embed_for_estimate,
     estimate_noise,
 )
-from modeling_capdec.training.trainer import load_capdec_for_training
+from modeling_capdec.training.trainer import load_capdec_for_training, noise_estimate_inputs
 
 
 @dataclass
@@ -95,16 +95,7 @@ def main(argv: list[str] | None = None) -> list[NoiseEstimate]:
     )
     corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
     text_embeds, group_ids, image_embeds = embed_for_estimate(
-        model,
-        processor,
-        corpus,
-        data_args.caption_column,
-        training_args.noise_images,
-        training_args.noise_group_column,
-        max_captions=training_args.noise_estimate_captions,
-        max_images=training_args.noise_estimate_images,
-        batch_size=data_args.embedding_batch_size,
-        seed=training_args.seed,
+        model, processor, corpus, **noise_estimate_inputs(data_args, training_args)
     )
     estimates = applicable_estimates(text_embeds, group_ids, image_embeds, training_args.noise_estimator)
     print(f"--noise_variance auto would use: {estimates[0].summary()}")

@@ -481,9 +481,7 @@ def prepare_training_dataset(
         )
     if num_proc is not None and num_proc < 1:
         raise ValueError(f"num_proc (--preprocessing_num_workers) must be >= 1 or unset, got {num_proc}.")
-    if device is not None:
-        model.clip.to(device)  # embed on the training device; Trainer moves the rest of the model later
-    device = next(model.clip.parameters()).device
+    device = clip_on_device(model, device)
     clip_hash = clip_fingerprint(model.clip) if not embed_on_the_fly else None
     cache = {"cache_dir": cache_dir, "overwrite_cache": overwrite_cache}
     with _cache_folder_in_use(_cache_folder(cache_dir)):
@@ -733,6 +731,22 @@ def _finish_batch(
 
 
 @torch.no_grad()
+def clip_on_device(model: Any, device: str | torch.device | None = None) -> torch.device:
+    """The device the model's CLIP embeds on: `device`, where the CLIP is moved first (before training, Trainer
+    moves the rest of the model later), or, without one, where the CLIP already is.
+
+    Example:
+
+    ```python
+    >>> clip_on_device(model, "cuda")  # doctest: +SKIP
+    device(type='cuda', index=0)
+    ```
+    """
+    if device is not None:
+        model.clip.to(device)
+    return next(model.clip.parameters()).device
+
+
 def embed_captions(
     captions: list[str], model: Any, processor: Any, batch_size: int, device: torch.device
 ) -> torch.Tensor:

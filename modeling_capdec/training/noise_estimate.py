@@ -121,12 +121,14 @@ def _unit_rows(embeds: torch.Tensor, name: str) -> torch.Tensor:
     return F.normalize(embeds.double(), dim=-1)
 
 
-def _check_same_space(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+def _unit_pair(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both clouds checked (one CLIP's space, finite rows) and normalised: `(images, texts)`."""
     if image_embeds.shape[-1] != text_embeds.shape[-1]:
         raise ValueError(
             f"The image embeddings have {image_embeds.shape[-1]} dimensions and the caption embeddings "
             f"{text_embeds.shape[-1]}: they must come from one CLIP."
         )
+    return _unit_rows(image_embeds, "image_embeds"), _unit_rows(text_embeds, "text_embeds")
 
 
 def pseudo_pair_cosine(
@@ -144,8 +146,7 @@ def pseudo_pair_cosine(
     0.9975
     ```
     """
-    _check_same_space(image_embeds, text_embeds)
-    images, texts = _unit_rows(image_embeds, "image_embeds"), _unit_rows(text_embeds, "text_embeds")
+    images, texts = _unit_pair(image_embeds, text_embeds)
     best = []
     for start in range(0, len(images), chunk_size):  # (chunk, captions) similarities at a time
         best.append((images[start : start + chunk_size] @ texts.T).max(dim=-1).values)
@@ -167,8 +168,7 @@ def centroid_cosine(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> fl
     1.0
     ```
     """
-    _check_same_space(image_embeds, text_embeds)
-    images, texts = _unit_rows(image_embeds, "image_embeds"), _unit_rows(text_embeds, "text_embeds")
+    images, texts = _unit_pair(image_embeds, text_embeds)
     image_mean, text_mean = images.mean(dim=0), texts.mean(dim=0)
     gap = float((image_mean - text_mean).pow(2).sum())
     extra_spread = max(0.0, float(text_mean.pow(2).sum() - image_mean.pow(2).sum()))
@@ -225,8 +225,7 @@ def modality_offset(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> li
     [-1.0, 1.0]
     ```
     """
-    _check_same_space(image_embeds, text_embeds)
-    images, texts = _unit_rows(image_embeds, "image_embeds"), _unit_rows(text_embeds, "text_embeds")
+    images, texts = _unit_pair(image_embeds, text_embeds)
     return (images.mean(dim=0) - texts.mean(dim=0)).tolist()
 
 
@@ -375,8 +374,9 @@ def embed_images(
     ```
     """
     from ..processing_capdec import load_image
+    from .data import clip_on_device
 
-    device = device or next(model.clip.parameters()).device
+    device = clip_on_device(model, device)
     rows = []
     for start in range(0, len(images), batch_size):
         batch = [load_image(image, start + i) for i, image in enumerate(images[start : start + batch_size])]
@@ -407,9 +407,9 @@ def embed_for_estimate(
     >>> text_embeds, group_ids, image_embeds = embed_for_estimate(model, processor, corpus, image_folder="photos/")  # doctest: +SKIP
     ```
     """
-    from .data import embed_captions
+    from .data import clip_on_device, embed_captions
 
-    device = device or next(model.clip.parameters()).device
+    device = clip_on_device(model, device)
     captions, group_ids = corpus_caption_groups(corpus, caption_column, group_column, max_captions, seed)
     text_embeds = embed_captions(captions, model, processor, batch_size, device)
     image_embeds = None

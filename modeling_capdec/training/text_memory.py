@@ -68,15 +68,14 @@ def text_memory_from_captions(
     2
     ```
     """
-    from .data import embed_captions
+    from .data import clip_on_device, embed_captions
 
     texts = [caption.strip() for caption in captions if isinstance(caption, str) and caption.strip()]
     distinct = [texts[i] for i in _first_of_each(texts)]
     if not distinct:
         raise ValueError("No non-empty caption to build the text memory from.")
     chosen = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
-    device = device or next(model.clip.parameters()).device
-    return embed_captions(chosen, model, processor, batch_size, device)
+    return embed_captions(chosen, model, processor, batch_size, clip_on_device(model, device))
 
 
 def text_memory_for_run(

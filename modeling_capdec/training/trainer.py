@@ -531,6 +531,22 @@ def checkpoint_to_resume(training_args: Any) -> str | None:
     return checkpoint
 
 
+def noise_estimate_inputs(data_args: Any, training_args: Any) -> dict[str, Any]:
+    """What `--noise_variance auto` and `capdec-estimate-noise` embed, from the run's arguments: the keyword
+    arguments of `noise_estimate.embed_for_estimate` (corpus column and groups, image folder, sample sizes, batch
+    size, the training device, the seed)."""
+    return {
+        "caption_column": data_args.caption_column,
+        "image_folder": training_args.noise_images,
+        "group_column": training_args.noise_group_column,
+        "max_captions": training_args.noise_estimate_captions,
+        "max_images": training_args.noise_estimate_images,
+        "batch_size": data_args.embedding_batch_size,
+        "device": training_args.device,
+        "seed": training_args.seed,
+    }
+
+
 def estimate_noise_for_run(
     model: Any, processor: Any, corpus: Any, data_args: Any, training_args: Any
 ) -> NoiseEstimate | None:
@@ -550,15 +566,8 @@ def estimate_noise_for_run(
         model,
         processor,
         corpus,
-        caption_column=data_args.caption_column,
-        image_folder=training_args.noise_images,
-        group_column=training_args.noise_group_column,
         estimator=training_args.noise_estimator,
-        max_captions=training_args.noise_estimate_captions,
-        max_images=training_args.noise_estimate_images,
-        batch_size=data_args.embedding_batch_size,
-        device=training_args.device,
-        seed=training_args.seed,
+        **noise_estimate_inputs(data_args, training_args),
     )
     if training_args.process_index == 0:  # at any log level, as the corpus cleaning
         print(f"Noise from data: {estimate.summary()}", flush=True)
@@ -646,8 +655,9 @@ def attach_memory_for_run(trainer: CapDecTrainer, model_args: Any) -> None:
 def finish_run(
     trainer: CapDecTrainer, result: Any, model_args: Any, data_args: Any, cleaning: Any, eval_set: Any
 ) -> None:
-    """After `trainer.train()`: attach the text memory (`--text_memory_size`), save the Hub-ready folder and the state, score the eval set (unless the last
-    evaluation already scored these weights), write the predictions and the model card, push if asked."""
+    """After `trainer.train()`: attach the text memory (`--text_memory_size`), save the Hub-ready folder and the
+    state, score the eval set (unless the last evaluation already scored these weights), write the predictions and
+    the model card, push if asked."""
     from ..evaluation.captioning import write_coco_results
 
     args = trainer.args
@@ -715,6 +725,7 @@ __all__ = [
     "CapDecTrainer",
     "collator_for_run",
     "estimate_noise_for_run",
+    "noise_estimate_inputs",
     "NonFiniteGuardCallback",
     "NonFiniteTrainingError",
     "check_run_arguments",
