@@ -81,11 +81,8 @@ def nearest_sweep_point(epsilon: float, sweep: dict[float, float]) -> float:
 
 def study(args: argparse.Namespace) -> list[dict]:
     """Every estimator's ε on the world, and the pairs reference, as table rows."""
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
     from demo.run_demo import build_world
-    from demo.tiny_clip_model import embed_images, embed_texts
+    from demo.tiny_clip_model import embed_images, embed_texts, load_tiny_clip
     from modeling_capdec.training.noise_estimate import (
         ESTIMATORS,
         corpus_caption_groups,
@@ -94,11 +91,7 @@ def study(args: argparse.Namespace) -> list[dict]:
     )
 
     world = build_world(Path(args.world), smoke=False, seed=args.seed)
-    clip = CLIPModel.from_pretrained(args.clip).eval()
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil.from_pretrained(args.clip),
-        tokenizer=CLIPTokenizer.from_pretrained(args.clip),
-    )
+    clip, processor = load_tiny_clip(args.clip)
     captions, groups = corpus_caption_groups(
         world["train_text"], "caption", group_column="objects", seed=args.seed
     )

@@ -270,17 +270,9 @@ def nearest_caption_baseline(
     clip_dir: Path, corpus: list[str], images_by_split: dict[str, list]
 ) -> dict[str, list[str]]:
     """No decoder: for each image, the training caption whose CLIP text embedding is nearest to its embedding."""
-    from transformers import CLIPModel, CLIPProcessor, CLIPTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from demo.tiny_clip_model import embed_images, embed_texts, load_tiny_clip
 
-    from demo.tiny_clip_model import embed_images, embed_texts
-
-    model = CLIPModel.from_pretrained(clip_dir).eval()
-    # The PIL image processor by name: the default one asks for torchvision and warns when it falls back to PIL.
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
-        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
-    )
+    model, processor = load_tiny_clip(clip_dir)
     unique = sorted(set(corpus))
     with torch.inference_mode():
         text_embeds = embed_texts(model, processor, unique)  # once for every split

@@ -3,8 +3,9 @@
 Each scene holds one or two coloured shapes on a dark, noisy background. Captions are drawn from
 several paraphrase templates, built from a fixed lexicon (one word per colour, shape and size, one
 phrase per position or relation) so that any caption can be parsed back into its scene. A few
-(colour, shape) combinations never occur in a training split; the `test_heldout` split holds only
-scenes with them, which measures compositional generalisation.
+(colour, shape) combinations never occur in the captioner's training splits; the `test_heldout` split
+holds only scenes with them, which measures compositional generalisation. Only the optional
+`clip_pairs` split, the tiny CLIP's stand-in for web-scale pretraining, draws from every combination.
 
 Everything is deterministic given a seed: the same seed gives the same pixels and captions.
 
@@ -457,11 +458,18 @@ def _text_rows(
     return rows
 
 
-def _pair_rows(rng, num_train_pairs: int, image_size: int, p_two_objects: float, bar) -> dict[str, list]:
-    """`train_pairs`: an image and one random paraphrase per scene."""
+def _pair_rows(
+    rng,
+    num_train_pairs: int,
+    image_size: int,
+    p_two_objects: float,
+    bar,
+    exclude: tuple[tuple[str, str], ...] = HELDOUT_COMBINATIONS,
+) -> dict[str, list]:
+    """`train_pairs` (or `clip_pairs`, with nothing excluded): an image and one random paraphrase per scene."""
     rows: dict[str, list] = {"image": [], "caption": [], "objects": []}
     for _ in range(num_train_pairs):
-        scene = sample_scene(rng, p_two_objects=p_two_objects, exclude=HELDOUT_COMBINATIONS)
+        scene = sample_scene(rng, p_two_objects=p_two_objects, exclude=exclude)
         rows["image"].append(render_scene(scene, image_size, rng))
         rows["caption"].append(caption_scene(scene, rng))
         rows["objects"].append(scene.to_records())
@@ -495,20 +503,25 @@ def build_shapes_world(
     image_size: int = 48,
     p_two_objects: float = 0.4,
     progress: bool = True,
+    num_clip_pairs: int = 0,
 ) -> DatasetDict:
     """Builds the world's four splits as a `datasets.DatasetDict`, and saves it to `output_dir`
     (with `shapes_world.json` describing how it was made) when one is given.
 
     - `train_text`: `caption`, `objects`; `captions_per_scene` distinct paraphrases of each of
       `num_train_texts // captions_per_scene` scenes. No images: CapDec trains on text alone.
-    - `train_pairs`: `image`, `caption` (one random paraphrase), `objects`; for the CLIP and the
-      supervised reference.
+    - `train_pairs`: `image`, `caption` (one random paraphrase), `objects`; for the supervised
+      reference.
     - `test_seen`: `image_id`, `image`, `captions` (all paraphrases), `objects`; no held-out pair.
     - `test_heldout`: same columns; every scene has an object with a `HELDOUT_COMBINATIONS` pair.
+    - `clip_pairs` (only when `num_clip_pairs` > 0): like `train_pairs`, but over every combination,
+      held-out pairs included. The tiny CLIP trains on it: real CLIP has seen far more than any
+      captioner's corpus, and the held-out split asks whether a captioner trained without a pair can
+      still name it, not whether CLIP can see it.
 
-    No training split contains a held-out (colour, shape) pair. Each split draws from its own
-    random stream, so changing one split's size leaves the others unchanged, and a larger split
-    starts with the rows of the smaller one.
+    No split a captioner trains on (`train_text`, `train_pairs`) contains a held-out (colour, shape)
+    pair. Each split draws from its own random stream, so changing one split's size leaves the others
+    unchanged, and a larger split starts with the rows of the smaller one.
 
     Example:
         >>> world = build_shapes_world(num_train_texts=8, num_train_pairs=4, num_test=2, progress=False)
@@ -528,11 +541,15 @@ def build_shapes_world(
             "position": Value("string"),
         }
     )
-    text_rng, pairs_rng, seen_rng, heldout_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)
+    # Child i of a SeedSequence does not depend on how many are spawned: adding the fifth stream
+    # (clip_pairs) left the four older splits exactly as they were.
+    text_rng, pairs_rng, seen_rng, heldout_rng, clip_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5)
     )
     bar = tqdm(
-        total=num_train_texts + num_train_pairs + 2 * num_test, desc="shapes world", disable=not progress
+        total=num_train_texts + num_train_pairs + 2 * num_test + num_clip_pairs,
+        desc="shapes world",
+        disable=not progress,
     )
 
     text_rows = _text_rows(text_rng, num_train_texts, captions_per_scene, p_two_objects, bar)
@@ -559,6 +576,12 @@ def build_shapes_world(
         test_seen=test_split(seen_rng, heldout=False),
         test_heldout=test_split(heldout_rng, heldout=True),
     )
+    if num_clip_pairs > 0:
+        clip_rows = _pair_rows(clip_rng, num_clip_pairs, image_size, p_two_objects, bar, exclude=())
+        world["clip_pairs"] = Dataset.from_dict(
+            clip_rows,
+            features=Features(image=ImageFeature(), caption=Value("string"), objects=objects_feature),
+        )
     bar.close()
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -590,6 +613,10 @@ class ShapesWorldArguments:
     )
     captions_per_scene: int = field(default=4, metadata={"help": "Paraphrases per scene in train_text."})
     num_train_pairs: int = field(default=8_000, metadata={"help": "Image-caption pairs in train_pairs."})
+    num_clip_pairs: int = field(
+        default=0,
+        metadata={"help": "Pairs over every combination, held-out ones included (the CLIP's); 0: none."},
+    )
     num_test: int = field(default=300, metadata={"help": "Images in each of test_seen and test_heldout."})
     image_size: int = field(default=48, metadata={"help": "Side of the square images, in pixels."})
     p_two_objects: float = field(
@@ -608,6 +635,7 @@ def main(args: ShapesWorldArguments) -> None:
         num_test=args.num_test,
         image_size=args.image_size,
         p_two_objects=args.p_two_objects,
+        num_clip_pairs=args.num_clip_pairs,
     )
     print(world)
 

@@ -1,8 +1,10 @@
 """A tiny CLIP for the shapes world: its tokenizer, config, contrastive loss and evaluation.
 
-`demo/train_tiny_clip.py` uses these to train the CLIP that the offline CapDec demo starts from. The
-model is a plain `transformers.CLIPModel`; only its size, its locally trained BPE tokenizer and its
-pinned temperature are particular. The hard negatives and mirroring of its training live here too.
+`demo/train_tiny_clip.py` uses these to train the CLIP that the offline CapDec demo starts from. By
+default it is a tiny OpenAI-style CLIP ResNet (`modeling_capdec.CLIPResNetModel`, the family of the
+paper's RN50x4) with transformers' CLIP text transformer; `tiny_clip_config` gives the ViT
+alternative, a plain `transformers.CLIPModel`. Only the size, the locally trained BPE tokenizer and
+the pinned temperature are particular. The hard negatives and mirroring of its training live here too.
 
 Example:
     >>> tokenizer = train_clip_tokenizer(["a small red circle on the left", "a large blue square at the top"])
@@ -16,11 +18,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import (
+    AutoModel,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizer,
+    PreTrainedModel,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from demo.bpe_tokenizers import train_clip_tokenizer  # noqa: F401  (the docstring examples use it)
 from demo.shapes_world import (
@@ -34,6 +46,7 @@ from demo.shapes_world import (
     scene_attributes,
     swap_objects,
 )
+from modeling_capdec.configuration_capdec import CLIPResNetConfig
 
 
 def tiny_clip_config(
@@ -80,8 +93,54 @@ def tiny_clip_config(
     )
 
 
+def tiny_clip_resnet_config(
+    tokenizer: CLIPTokenizer,
+    input_size: int = 64,
+    width: int = 8,
+    layers: Sequence[int] = (1, 1, 1, 1),
+    text_hidden_size: int = 96,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    pool_heads: int = 8,
+    projection_dim: int = 512,
+    logit_scale: float = 100.0,
+) -> CLIPResNetConfig:
+    """A tiny `CLIPResNetConfig`: OpenAI's CLIP ResNet design (3-conv stem, anti-aliased bottlenecks,
+    attention pooling) at `width` 8 with one block per stage, and a small CLIP text transformer.
+
+    The ResNet downsamples 32 times, so `input_size` is a multiple of 32: the processor resizes the
+    world's 48-pixel images to 64, which leaves a 2x2 map for the attention pool.
+
+    Example:
+        >>> config = tiny_clip_resnet_config(train_clip_tokenizer(["a red circle"]))
+        >>> config.vision_config.image_size, config.vision_config.embed_dim, config.projection_dim
+        (64, 256, 512)
+    """
+    text_config = tiny_clip_config(
+        tokenizer,
+        hidden_size=text_hidden_size,
+        num_layers=text_layers,
+        num_heads=text_heads,
+        projection_dim=projection_dim,
+    ).text_config.to_dict()
+    vision_config = {
+        "layers": list(layers),
+        "width": width,
+        "image_size": input_size,
+        "num_attention_heads": pool_heads,
+        "output_dim": projection_dim,
+    }
+    return CLIPResNetConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        projection_dim=projection_dim,
+        logit_scale_init_value=math.log(logit_scale),
+    )
+
+
 def tiny_clip_processor(tokenizer: CLIPTokenizer, image_size: int = 48) -> CLIPProcessor:
-    """A `CLIPProcessor` for `image_size` images (no resize in effect: the world renders at that size).
+    """A `CLIPProcessor` that resizes images to `image_size` (the ViT takes the world's 48 pixels as
+    they are; the ResNet needs 64).
 
     Example:
         >>> processor = tiny_clip_processor(train_clip_tokenizer(["a red circle"]))
@@ -92,6 +151,25 @@ def tiny_clip_processor(tokenizer: CLIPTokenizer, image_size: int = 48) -> CLIPP
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def load_tiny_clip(clip_dir: str | Path) -> tuple[PreTrainedModel, CLIPProcessor]:
+    """The saved tiny CLIP (ResNet or ViT, by its config) in eval mode, and its processor.
+
+    The image processor is named as the PIL one: the default asks for torchvision and warns when it
+    falls back to PIL.
+
+    Example:
+        >>> model, processor = load_tiny_clip("demo/tiny_clip")  # doctest: +SKIP
+    """
+    import modeling_capdec  # noqa: F401  (registers CLIPResNetModel with AutoModel)
+
+    model = AutoModel.from_pretrained(clip_dir).eval()
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
+    )
+    return model, processor
 
 
 def soft_clip_loss(
