@@ -77,6 +77,23 @@ def test_split_sizes_do_not_change_other_splits():
     assert bigger["train_pairs"]["caption"][:40] == small["train_pairs"]["caption"]
 
 
+def test_clip_pairs_add_a_split_over_every_combination_and_leave_the_others_unchanged(tiny_world):
+    """The tiny CLIP's pairs include held-out pairs (as web CLIP has seen them); asking for them changes
+    no split a captioner trains or is tested on."""
+    with_clip = build_shapes_world(seed=0, **{**TINY, "num_clip_pairs": 300})
+    assert "clip_pairs" not in tiny_world and with_clip["clip_pairs"].num_rows == 300
+    assert with_clip["clip_pairs"].column_names == ["image", "caption", "objects"]
+    for name in ("train_pairs", "test_seen", "test_heldout"):
+        np.testing.assert_array_equal(_pixels(tiny_world[name]), _pixels(with_clip[name]))
+    assert tiny_world["train_text"]["caption"] == with_clip["train_text"]["caption"]
+    scenes = [Scene.from_records(objects) for objects in with_clip["clip_pairs"]["objects"]]
+    with_heldout = sum(contains_combination(scene, HELDOUT_COMBINATIONS) for scene in scenes)
+    # 5 of the 48 colour+shape pairs, one or two objects a scene: about 13% of scenes.
+    assert 0.05 * 300 < with_heldout < 0.25 * 300
+    for caption, scene in zip(with_clip["clip_pairs"]["caption"], scenes, strict=True):
+        assert parse_caption(caption) == scene
+
+
 def test_train_text_has_distinct_paraphrases_per_scene(tiny_world):
     rows = tiny_world["train_text"]
     for start in range(0, rows.num_rows, TINY["captions_per_scene"]):
