@@ -9,8 +9,9 @@
 2. Start from the tiny CLIP committed in `demo/tiny_clip/` (trained by `demo/train_tiny_clip.py`).
 3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
    with ε chosen from the data (`--noise_variance auto`: unlabelled images of the world against the corpus) and
-   ε = 0 (side by side, one thread each); with --full also the sweep, the paper's 0.016, the supervised reference,
-   and the auto run captioned with projection onto its text memory.
+   ε = 0 (side by side, one thread each); with --full also ε = auto with the measured modality offset added in
+   training (`--noise_offset`), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned
+   with projection onto its text memory.
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
    caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
    nearest training caption by CLIP similarity.
@@ -80,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--noise_levels",
         nargs="+",
         default=None,
-        help="the text-only runs' ε values, numbers or auto (default: auto 0; with --full: auto and the sweep "
+        help=f"the text-only runs' ε values, numbers, auto or {AUTO_OFFSET} (auto, and training adds the measured "
+        f"modality offset) (default: auto 0; with --full: auto {AUTO_OFFSET} and the sweep "
         + " ".join(f"{eps:g}" for eps in SWEEP)
         + ")",
     )
@@ -96,9 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.supervised = args.supervised or args.full
     args.memory = args.memory or args.full
     if args.noise_levels is None:
-        args.noise_levels = ["auto", *SWEEP] if args.full else list(DEFAULT_NOISE)
+        args.noise_levels = ["auto", AUTO_OFFSET, *SWEEP] if args.full else list(DEFAULT_NOISE)
     else:
-        args.noise_levels = [eps if eps == "auto" else float(eps) for eps in args.noise_levels]
+        args.noise_levels = [eps if eps in ("auto", AUTO_OFFSET) else float(eps) for eps in args.noise_levels]
     if args.seeds is None:
         args.seeds = [0, 1, 2] if args.full and not args.smoke else [args.seed]
     if args.max_steps is None:
@@ -416,6 +418,8 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
 
 
 DEFAULT_NOISE: tuple[float | str, ...] = ("auto", 0.0)
+# ε = auto, and training adds the modality offset measured on the unlabelled images (`--noise_offset`).
+AUTO_OFFSET = "auto+offset"
 MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
 
 
@@ -432,6 +436,7 @@ def run_trainings(
     noise_levels = args.noise_levels
     auto_arguments = ["--noise_images", str(output_dir / "world" / "unlabelled_images")]
     auto_arguments += ["--noise_estimator", "pseudo_pairs"]
+    offset_arguments = [*auto_arguments, "--noise_offset"]
     if args.memory:
         auto_arguments += ["--text_memory_size", str(MEMORY_SIZE)]
     several = len(args.seeds) > 1
@@ -450,9 +455,10 @@ def run_trainings(
 
     for seed in args.seeds:
         for eps in noise_levels:
-            extra = auto_arguments if eps == "auto" else []
-            folder = run_name(eps).replace("=", "_")
-            add_run(run_name(eps), RECIPE, folder, seed, "--noise_variance", str(eps), *extra)
+            extra = {"auto": auto_arguments, AUTO_OFFSET: offset_arguments}.get(eps, [])
+            folder = run_name(eps).replace("=", "_").replace("+", "_")
+            noise = "auto" if eps == AUTO_OFFSET else str(eps)
+            add_run(run_name(eps), RECIPE, folder, seed, "--noise_variance", noise, *extra)
         if args.supervised:
             add_run("supervised", SUPERVISED_RECIPE, "supervised", seed)
     durations = train_runs(runs, args.jobs, output_dir)
@@ -511,7 +517,7 @@ def report(
     print()
     sweep = {name: value for name, value in seen.items() if name in {run_name(eps) for eps in SWEEP}}
     best_sweep = max(sweep, key=sweep.get) if len(sweep) > 1 else None
-    for run in ("eps=auto", "eps=0.016", MEMORY_RUN):
+    for run in ("eps=auto", run_name(AUTO_OFFSET), "eps=0.016", MEMORY_RUN):
         for baseline in ("eps=0", best_sweep, "supervised", "nearest caption"):
             if run in seen and baseline in seen and baseline != run and seen[baseline] > 0:
                 print(f"CIDEr test_seen, {run} / {baseline}: {seen[run] / seen[baseline]:.3f}×")
@@ -569,11 +575,16 @@ def main(argv: list[str] | None = None) -> dict:
     run_dirs, durations = run_trainings(args, output_dir, decoder_inits)
 
     auto_noise = {
-        seed: json.loads((folder / "config.json").read_text())["training_noise"]["noise_variance"]
-        for seed, folder in run_dirs.get("eps=auto", {}).items()
+        run: {
+            seed: json.loads((folder / "config.json").read_text())["training_noise"]["noise_variance"]
+            for seed, folder in run_dirs[run].items()
+        }
+        for run in ("eps=auto", run_name(AUTO_OFFSET))
+        if run in run_dirs
     }
-    for seed, eps in auto_noise.items():
-        print(f"  eps=auto (seed {seed}): ε = {eps:.5f} estimated from the unlabelled images and the corpus")
+    for run, by_seed in auto_noise.items():
+        for seed, eps in by_seed.items():
+            print(f"  {run} (seed {seed}): ε = {eps:.5f} estimated from the unlabelled images and the corpus")
 
     stage("4/5 captioning the test images and scoring (COCO caption toolkit)")
     images = {split: world[split]["image"][:] for split in SPLITS}  # decoded once, captioned by every run

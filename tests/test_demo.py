@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_demo_smoke_run_completes(tmp_path):
     output = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "demo.run_demo", "--smoke", "--output_dir", str(output)],
+        [sys.executable, "-m", "demo.run_demo", "--smoke", "--output_dir", str(output)]
+        + ["--noise_levels", "auto", "auto+offset", "0"],  # the default two, and --full's offset run
         capture_output=True,
         text=True,
         timeout=900,
@@ -26,12 +27,22 @@ def test_demo_smoke_run_completes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())
-    assert set(summary["results"]) == {"eps=auto", "eps=0", "nearest caption"}
+    assert set(summary["results"]) == {"eps=auto", "eps=auto+offset", "eps=0", "nearest caption"}
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]
     assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 200
-    assert summary["auto_noise_variance"]["0"] == config["training_noise"]["noise_variance"] > 0
+    assert summary["auto_noise_variance"]["eps=auto"]["0"] == config["training_noise"]["noise_variance"] > 0
+    # ε = auto with --noise_offset: the offset measured on the same images is added in training, and ε is the
+    # noise left around the shifted captions, smaller than the plain estimate
+    shifted = json.loads((output / "runs" / "eps_auto_offset" / "config.json").read_text())["training_noise"]
+    assert shifted["estimate"]["shifted"] is True and len(shifted["modality_offset"]) == estimate["dim"]
+    assert shifted["estimate"]["modality_offset_norm"] == pytest.approx(estimate["modality_offset_norm"])
+    assert (
+        0
+        < summary["auto_noise_variance"]["eps=auto+offset"]["0"]
+        < config["training_noise"]["noise_variance"]
+    )
     for run in summary["results"].values():
         assert set(run) == {"test_seen", "test_heldout"}
         for metrics in run.values():

@@ -2,6 +2,7 @@
 command `capdec-estimate-noise`."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -63,6 +64,84 @@ def test_noise_variance_auto_trains_with_the_estimate_and_records_it(parts, imag
     assert captions.shape[0] == 4
 
 
+def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
+    parts,  # noqa: F811
+    image_folder,
+    tmp_path,
+    capsys,
+):
+    output_dir = tmp_path / "out"
+    trainer = main(
+        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
+        + ["--noise_images", str(image_folder), "--noise_offset", "--text_memory_size", "6"]
+    )
+    assert "captions shifted by the modality offset, norm " in capsys.readouterr().out
+    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
+    processor = CapDecProcessor.from_pretrained(output_dir)
+    corpus = load_dataset_source(parts.corpus)
+    expected = estimate_noise_from_data(
+        model, processor, corpus, image_folder=image_folder, shift_by_offset=True
+    )
+    plain = estimate_noise_from_data(model, processor, corpus, image_folder=image_folder)
+    assert expected.noise_variance != pytest.approx(plain.noise_variance, rel=1e-3)
+
+    noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
+    assert noise["noise_variance"] == pytest.approx(expected.noise_variance, rel=1e-5)
+    assert noise["estimate"]["shifted"] is True
+    assert noise["modality_offset"] == pytest.approx(expected.modality_offset, abs=1e-6)
+    assert trainer.data_collator.modality_offset == pytest.approx(expected.modality_offset, abs=1e-6)
+    card = ModelCard.load(output_dir / "README.md").text
+    norm = float(torch.tensor(expected.modality_offset).norm())
+    assert f"| modality offset | yes, measured on the unlabelled images (norm {norm:.4f})" in card
+    assert "around the captions shifted by the measured modality offset" in card
+
+    # The text memory holds the captions where the decoder was trained: shifted by the offset, normalised again.
+    offset = torch.tensor(expected.modality_offset, dtype=torch.float32)
+    shifted_corpus = torch.nn.functional.normalize(
+        torch.tensor(trainer.train_dataset["clip_embeds"][:]) + offset, dim=-1
+    )
+    assert model.text_memory.shape == (6, 16)
+    assert (model.text_memory @ shifted_corpus.T).max(dim=-1).values.min() > 1 - 1e-5
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--noise_offset"], "--noise_offset measures the modality offset on unlabelled images: it needs"),
+        (["--noise_variance", "auto", "--noise_offset"], "it needs --noise_variance auto and --noise_images"),
+        (
+            [
+                "--noise_variance",
+                "auto",
+                "--noise_offset",
+                "--noise_estimator",
+                "centroids",
+                "--noise_images",
+                "IMG",
+            ],
+            "--noise_offset estimates ε with pseudo_pairs around the shifted captions, got --noise_estimator centroids",
+        ),
+        (
+            [
+                "--noise_variance",
+                "auto",
+                "--noise_offset",
+                "--noise_images",
+                "IMG",
+                "--modality_offset_file",
+                "o.json",
+            ],
+            "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one",
+        ),
+    ],
+)
+def test_noise_offset_settings_are_checked_before_training(parts, image_folder, tmp_path, flags, message):  # noqa: F811
+    flags = [str(image_folder) if flag == "IMG" else flag for flag in flags]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        main(cli(parts, tmp_path / "out", "--max_steps", "1", *flags))
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
 def test_auto_noise_settings_are_checked_before_training(parts, image_folder, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="--noise_images only matter"):
         main(cli(parts, tmp_path / "out", "--max_steps", "1", "--noise_images", str(image_folder)))
@@ -113,3 +192,21 @@ def test_estimate_noise_command_reports_every_applicable_estimator(parts, image_
     assert [e.estimator for e in estimates] == ["pseudo_pairs", "centroids", "caption_groups"]
     offset = json.loads(offset_file.read_text())["modality_offset"]
     assert torch.allclose(torch.tensor(offset), torch.tensor(estimates[0].modality_offset))
+
+    # --noise_offset: first the estimate it trains with (around the shifted captions), then the plain one.
+    capsys.readouterr()
+    estimates = estimate_noise_main(
+        base + ["--train_file", str(grouped), "--noise_images", str(image_folder), "--noise_offset"]
+    )
+    printed = capsys.readouterr().out
+    assert [(e.estimator, e.shifted) for e in estimates] == [
+        ("pseudo_pairs", True),
+        ("pseudo_pairs", False),
+        ("centroids", False),
+        ("caption_groups", False),
+    ]
+    first = printed.splitlines()[0]
+    assert first.startswith(
+        f"--noise_variance auto --noise_offset would use: ε = {estimates[0].noise_variance:.4g}"
+    )
+    assert "4 images, captions shifted by the modality offset, norm " in first

@@ -71,6 +71,37 @@ def test_centroids_recover_a_pure_shift_between_the_clouds():
     assert estimate.noise_variance == pytest.approx(variance_from_cosine(true_cosine, DIM), rel=0.15)
 
 
+@pytest.mark.parametrize("true_variance", [0.0005, 0.002])
+def test_shifted_pseudo_pairs_measure_only_the_noise_left_after_the_modality_offset(true_variance):
+    generator = torch.Generator().manual_seed(3)
+    # Captions in a cone; images = captions moved by a fixed gap *and* CapDec's noise (what --noise_offset trains).
+    axis = unit(torch.randn(DIM, generator=generator))
+    captions = unit(axis + 0.12 * torch.randn(2000, DIM, generator=generator))
+    gap = 0.5 * unit(torch.randn(DIM, generator=generator))
+    images = noisy(captions[:500] + gap, true_variance, generator)
+    shifted = estimate_noise(captions, images, shift_by_offset=True)
+    assert shifted.shifted and shifted.estimator == "pseudo_pairs"
+    # Within 25%: the offset is measured between unit vectors, so it is shorter than the gap (as for real CLIP).
+    assert shifted.noise_variance == pytest.approx(true_variance, rel=0.25)
+    # Without the shift the gap counts as noise: ε comes out several times too large.
+    assert estimate_noise(captions, images).noise_variance > 2 * true_variance
+    norm = float(torch.tensor(modality_offset(images, captions)).norm())
+    assert shifted.summary().endswith(
+        f"500 images, captions shifted by the modality offset, norm {norm:.4f})"
+    )
+    assert shifted.as_record()["shifted"] is True
+
+
+def test_the_shift_needs_images_and_pseudo_pairs():
+    captions = unit(torch.randn(10, 8))
+    with pytest.raises(
+        ValueError, match=r"modality offset \(--noise_offset\) measures it on unlabelled images"
+    ):
+        estimate_noise(captions, shift_by_offset=True)
+    with pytest.raises(ValueError, match="needs the pseudo_pairs estimator, got centroids"):
+        estimate_noise(captions, unit(torch.randn(4, 8)), estimator="centroids", shift_by_offset=True)
+
+
 def test_caption_groups_recover_the_spread_of_captions_around_their_scene():
     generator = torch.Generator().manual_seed(2)
     spread = 0.004

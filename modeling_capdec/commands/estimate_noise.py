@@ -3,7 +3,8 @@
 Takes the training command's recipe and flags (the corpus, the CLIP, `--noise_images`, `--noise_group_column`,
 `--noise_estimator`), embeds the corpus and the images with the run's CLIP, and prints every estimator that the
 inputs allow, the one `auto` uses first. `--modality_offset_output` also writes the measured modality offset (mean
-image minus mean caption embedding) for `--modality_offset_file`.
+image minus mean caption embedding) for `--modality_offset_file`. With `--noise_offset` the first estimate is the one
+`--noise_variance auto --noise_offset` trains with: ε measured around the captions shifted by that offset.
 
     capdec-estimate-noise configuration/shapes_text_only.json --noise_images unlabelled_photos/
     python -m modeling_capdec.commands.estimate_noise --clip_model openai/clip-vit-base-patch32 \\
@@ -40,10 +41,15 @@ class EstimateNoiseArguments:
 
 
 def applicable_estimates(
-    text_embeds: torch.Tensor, group_ids: list, image_embeds: torch.Tensor | None, chosen: str | None = None
+    text_embeds: torch.Tensor,
+    group_ids: list,
+    image_embeds: torch.Tensor | None,
+    chosen: str | None = None,
+    shift_by_offset: bool = False,
 ) -> list[NoiseEstimate]:
     """Every estimator the inputs allow (the image ones need images; caption_groups needs a group of two), the
-    one `--noise_variance auto` would use first (`chosen`, or its default).
+    one `--noise_variance auto` would use first (`chosen`, or its default; measured around the captions shifted by
+    the modality offset with `shift_by_offset`, as `--noise_offset` trains).
 
     Example:
 
@@ -55,12 +61,15 @@ def applicable_estimates(
     ```
     """
     first = chosen or (DEFAULT_IMAGE_ESTIMATOR if image_embeds is not None else "caption_groups")
+    # With the shift, the first estimator also reports without it.
+    order = [(first, shift_by_offset)] + [(first, False)] * shift_by_offset
+    order += [(name, False) for name in ESTIMATORS if name != first]
     estimates = []
-    for estimator in [first] + [name for name in ESTIMATORS if name != first]:
+    for estimator, shift in order:
         if estimator != "caption_groups" and image_embeds is None:
             continue
         try:
-            estimates.append(estimate_noise(text_embeds, image_embeds, group_ids, estimator))
+            estimates.append(estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift))
         except ValueError as error:  # e.g. no group of two captions
             if estimator == first:
                 raise
@@ -97,8 +106,11 @@ def main(argv: list[str] | None = None) -> list[NoiseEstimate]:
     text_embeds, group_ids, image_embeds = embed_for_estimate(
         model, processor, corpus, **noise_estimate_inputs(data_args, training_args)
     )
-    estimates = applicable_estimates(text_embeds, group_ids, image_embeds, training_args.noise_estimator)
-    print(f"--noise_variance auto would use: {estimates[0].summary()}")
+    estimates = applicable_estimates(
+        text_embeds, group_ids, image_embeds, training_args.noise_estimator, training_args.noise_offset
+    )
+    flags = "--noise_variance auto --noise_offset" if training_args.noise_offset else "--noise_variance auto"
+    print(f"{flags} would use: {estimates[0].summary()}")
     for estimate in estimates[1:]:
         print(f"other estimator:               {estimate.summary()}")
     offset = estimates[0].modality_offset

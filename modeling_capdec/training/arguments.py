@@ -427,6 +427,14 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
         default=2_000,
         metadata={"help": "Images of --noise_images (a seeded sample) --noise_variance auto embeds."},
     )
+    noise_offset: bool = field(
+        default=False,
+        metadata={
+            "help": "With --noise_variance auto and --noise_images: also add the measured modality offset (mean "
+            "image minus mean caption embedding) to the captions in training, and estimate ε around the shifted "
+            "captions (pseudo_pairs)."
+        },
+    )
     noise_type: Literal["gaussian", "uniform"] = field(
         default="gaussian", metadata={"help": "gaussian, or uniform in the ball of radius sqrt(ε)."}
     )

@@ -152,7 +152,7 @@ def model_card_fields(
         "corpus_size": f"{corpus_size:,}",
         "cleaning": cleaning_summary,
         "noise": _noise_description(mode, noise),
-        "modality_offset": "yes" if noise.get("modality_offset") is not None else "no",
+        "modality_offset": _offset_description(noise),
         "text_memory": _text_memory_description(config),
         "mapper": _mapper_description(config),
         "prefix_length": str(config.prefix_length),
@@ -249,11 +249,28 @@ def _noise_description(mode: str, noise: Mapping[str, Any]) -> str:
             inputs.append(f"{estimate['num_images']} unlabelled images")
         if estimate.get("num_groups"):
             inputs.append(f"{estimate['num_groups']} caption groups")
+        rule = "ε = (1/c² − 1)/d"
+        if estimate.get("shifted"):  # --noise_offset
+            rule = (
+                "around the captions shifted by the measured modality offset, ε = mean |t + o|² (1/c² − 1)/d"
+            )
         description += (
             f"; estimated from the data before training ({estimate['estimator']}: cosine {estimate['cosine']:.4f}, "
-            f"d = {estimate['dim']}, {', '.join(inputs)}; ε = (1/c² − 1)/d)"
+            f"d = {estimate['dim']}, {', '.join(inputs)}; {rule})"
         )
     return description
+
+
+def _offset_description(noise: Mapping[str, Any]) -> str:
+    offset = noise.get("modality_offset")
+    if offset is None:
+        return "no"
+    norm = math.sqrt(sum(value * value for value in offset))
+    if (noise.get("estimate") or {}).get("shifted"):
+        return (
+            f"yes, measured on the unlabelled images (norm {norm:.4f}) and added to every caption embedding"
+        )
+    return f"yes (norm {norm:.4f}), added to every caption embedding"
 
 
 def _text_memory_description(config: Any) -> str:

@@ -19,6 +19,11 @@ The estimators differ only in how they get $c$ without image-caption pairs:
   $c = \sqrt{\bar c_2}$ from the mean within-group pairwise cosine $\bar c_2$ (then $\epsilon$ is the captions'
   spread around their scene).
 
+With `shift_by_offset` (`--noise_offset`) training also adds the measured modality offset $o = \mu_I - \mu_T$ to
+every caption (as the authors' `--add_modality_offset` does with theirs), so the noise only has to cover what is
+left: `pseudo_pairs` then pairs each image with its best *shifted* caption $s = \hat t + o$ (cosine $c$), and since
+the collator noises $s$, of norm $m$ below 1, the same rule becomes $\epsilon = \overline{m^2}\,(1/c^2 - 1)/d$.
+
 The functions on embedding tensors are pure (testable on synthetic clouds); `estimate_noise_from_data` embeds a
 corpus and an image folder with the run's CLIP. Which estimator predicts the best ε is measured on the shapes world
 by `python -m demo.estimate_noise_study` (README, "Choosing ε from data").
@@ -50,7 +55,8 @@ class NoiseEstimate:
     """An estimated ε and what it was computed from (recorded in config.json's `training_noise` and the card).
 
     `cosine` is the statistic $c$ of the rule $\\epsilon = (1/c^2 - 1)/d$; `modality_offset` (mean image embedding
-    minus mean caption embedding, normalised embeddings) is there when images were given.
+    minus mean caption embedding, normalised embeddings) is there when images were given; `shifted` says that ε
+    was measured around the captions shifted by it, which training then adds (`--noise_offset`).
     """
 
     estimator: str
@@ -61,6 +67,7 @@ class NoiseEstimate:
     num_images: int = 0
     num_groups: int = 0
     modality_offset: list[float] | None = field(default=None, repr=False)
+    shifted: bool = False
 
     def summary(self) -> str:
         """One line: the estimate and its inputs.
@@ -77,6 +84,10 @@ class NoiseEstimate:
             counts.append(f"{self.num_images} images")
         if self.num_groups:
             counts.append(f"{self.num_groups} caption groups")
+        if self.shifted:
+            counts.append(
+                f"captions shifted by the modality offset, norm {np.linalg.norm(self.modality_offset):.4f}"
+            )
         return (
             f"ε = {self.noise_variance:.4g} ({self.estimator}: cosine {self.cosine:.4f}, d = {self.dim}, "
             + ", ".join(counts)
@@ -234,11 +245,14 @@ def estimate_noise(
     image_embeds: torch.Tensor | None = None,
     group_ids: Sequence[Any] | None = None,
     estimator: str | None = None,
+    shift_by_offset: bool = False,
 ) -> NoiseEstimate:
     """ε from CLIP embeddings of the training captions `(captions, d)` and, optionally, of unlabelled
     target-domain images `(images, d)` and a group id per caption (captions of one image or scene).
 
     `estimator` is one of `ESTIMATORS`; by default `pseudo_pairs` when images are given, else `caption_groups`.
+    `shift_by_offset` (`pseudo_pairs` only) measures ε around the captions shifted by the modality offset, for a
+    training that adds it (module docstring).
 
     Example:
 
@@ -256,6 +270,16 @@ def estimate_noise(
         estimator = DEFAULT_IMAGE_ESTIMATOR if image_embeds is not None else "caption_groups"
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown noise estimator {estimator!r}: choose one of {list(ESTIMATORS)}.")
+    if shift_by_offset and image_embeds is None:
+        raise ValueError(
+            "Shifting the captions by the modality offset (--noise_offset) measures it on unlabelled images: give "
+            "a folder of them (--noise_images)."
+        )
+    if shift_by_offset and estimator != "pseudo_pairs":
+        raise ValueError(
+            f"Shifting the captions by the modality offset (--noise_offset) needs the pseudo_pairs estimator, got "
+            f"{estimator}: after the shift the centroids coincide, and caption_groups sees no images."
+        )
     if estimator != "caption_groups" and image_embeds is None:
         raise ValueError(
             f"The {estimator} estimator compares images with captions: give a folder of unlabelled "
@@ -267,22 +291,28 @@ def estimate_noise(
             "or --noise_group_column naming an image or scene id column."
         )
     num_groups = 0
+    dim = text_embeds.shape[-1]
+    offset = modality_offset(image_embeds, text_embeds) if image_embeds is not None else None
+    captions, norm_sq = text_embeds, 1.0
+    if shift_by_offset:  # the collator noises t + o, of norm m: the rule's ε scales with m²
+        captions = _unit_rows(text_embeds, "text_embeds") + torch.tensor(offset, dtype=torch.float64)
+        norm_sq = float(captions.pow(2).sum(dim=-1).mean())
     if estimator == "pseudo_pairs":
-        cosine = pseudo_pair_cosine(image_embeds, text_embeds)
+        cosine = pseudo_pair_cosine(image_embeds, captions)
     elif estimator == "centroids":
         cosine = centroid_cosine(image_embeds, text_embeds)
     else:
         cosine, num_groups = caption_group_cosine(text_embeds, group_ids)
-    dim = text_embeds.shape[-1]
     return NoiseEstimate(
         estimator=estimator,
-        noise_variance=variance_from_cosine(cosine, dim),
+        noise_variance=norm_sq * variance_from_cosine(cosine, dim),
         cosine=cosine,
         dim=dim,
         num_captions=text_embeds.shape[0],
         num_images=image_embeds.shape[0] if image_embeds is not None else 0,
         num_groups=num_groups,
-        modality_offset=modality_offset(image_embeds, text_embeds) if image_embeds is not None else None,
+        modality_offset=offset,
+        shifted=shift_by_offset,
     )
 
 
@@ -427,6 +457,7 @@ def estimate_noise_from_data(
     image_folder: str | os.PathLike | None = None,
     group_column: str | None = None,
     estimator: str | None = None,
+    shift_by_offset: bool = False,
     **embedding_kwargs: Any,
 ) -> NoiseEstimate:
     """[`estimate_noise`] on a caption corpus and (optionally) a folder of unlabelled target-domain images,
@@ -444,7 +475,7 @@ def estimate_noise_from_data(
     text_embeds, group_ids, image_embeds = embed_for_estimate(
         model, processor, corpus, caption_column, image_folder, group_column, **embedding_kwargs
     )
-    return estimate_noise(text_embeds, image_embeds, group_ids, estimator)
+    return estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift_by_offset)
 
 
 __all__ = [

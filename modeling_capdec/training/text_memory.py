@@ -47,6 +47,25 @@ def _first_of_each(keys: Sequence[Any]) -> list[int]:
     return first
 
 
+def shifted_like_training(embeds: torch.Tensor, model: Any) -> torch.Tensor:
+    """Memory rows where the decoder was trained: a model trained with a modality offset (`--noise_offset`,
+    `--modality_offset_file`; in `config.training_noise`) saw caption embeddings plus that offset, normalised again,
+    so its memory holds them shifted the same way (and images are compared with those). Unchanged otherwise.
+
+    Example:
+
+    ```python
+    >>> model.config.training_noise = {"modality_offset": [0.0, 1.0]}  # doctest: +SKIP
+    >>> shifted_like_training(torch.tensor([[1.0, 0.0]]), model)  # doctest: +SKIP
+    tensor([[0.7071, 0.7071]])
+    ```
+    """
+    offset = (getattr(model.config, "training_noise", None) or {}).get("modality_offset")
+    if offset is None:
+        return embeds
+    return torch.nn.functional.normalize(embeds.float() + torch.tensor(offset, dtype=torch.float32), dim=-1)
+
+
 @torch.no_grad()
 def text_memory_from_captions(
     captions: Sequence[str],
@@ -58,7 +77,8 @@ def text_memory_from_captions(
     device: Any = None,
 ) -> torch.Tensor:
     """Normalised CLIP text embeddings `(rows, clip_projection_dim)` of at most `size` distinct `captions` (a seeded
-    sample when there are more), embedded with the model's CLIP.
+    sample when there are more), embedded with the model's CLIP (and shifted by its training's modality offset, if
+    any: `shifted_like_training`).
 
     Example:
 
@@ -75,7 +95,8 @@ def text_memory_from_captions(
     if not distinct:
         raise ValueError("No non-empty caption to build the text memory from.")
     chosen = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
-    return embed_captions(chosen, model, processor, batch_size, clip_on_device(model, device))
+    embeds = embed_captions(chosen, model, processor, batch_size, clip_on_device(model, device))
+    return shifted_like_training(embeds, model)
 
 
 def text_memory_for_run(
@@ -95,7 +116,7 @@ def text_memory_for_run(
         distinct = _first_of_each([tuple(ids) for ids in train_dataset["input_ids"][:]])
         rows = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
         embeds = train_dataset.select(rows).with_format("torch", columns=["clip_embeds"])["clip_embeds"][:]
-        return embeds.float()
+        return shifted_like_training(embeds.float(), model)
     captions = train_dataset["caption"][:]
     return text_memory_from_captions(captions, model, processor, size, seed, batch_size)
 
@@ -138,4 +159,10 @@ def attach_text_memory(
     return model
 
 
-__all__ = ["attach_text_memory", "sample_memory_rows", "text_memory_for_run", "text_memory_from_captions"]
+__all__ = [
+    "attach_text_memory",
+    "sample_memory_rows",
+    "shifted_like_training",
+    "text_memory_for_run",
+    "text_memory_from_captions",
+]

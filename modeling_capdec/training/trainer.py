@@ -456,6 +456,21 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
             f"{', '.join('--' + name for name in estimator_settings)} only matter(s) with --noise_variance auto "
             f"(got --noise_variance {training_args.noise_variance:g})."
         )
+    if training_args.noise_offset:
+        if not auto_noise or training_args.noise_images is None:
+            raise ValueError(
+                "--noise_offset measures the modality offset on unlabelled images: it needs --noise_variance auto "
+                "and --noise_images."
+            )
+        if training_args.noise_estimator not in (None, "pseudo_pairs"):
+            raise ValueError(
+                f"--noise_offset estimates ε with pseudo_pairs around the shifted captions, got --noise_estimator "
+                f"{training_args.noise_estimator}."
+            )
+        if training_args.modality_offset_file is not None:
+            raise ValueError(
+                "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one."
+            )
     if training_args.noise_images is not None and not os.path.isdir(training_args.noise_images):
         raise FileNotFoundError(f"--noise_images: image folder not found: {training_args.noise_images}")
 
@@ -567,6 +582,7 @@ def estimate_noise_for_run(
         processor,
         corpus,
         estimator=training_args.noise_estimator,
+        shift_by_offset=training_args.noise_offset,
         **noise_estimate_inputs(data_args, training_args),
     )
     if training_args.process_index == 0:  # at any log level, as the corpus cleaning
@@ -586,13 +602,17 @@ def collator_for_run(
     recorded in the model's config as `training_noise` (metadata for config.json and the model card), with the
     estimate and its inputs when ε was estimated from the data (`--noise_variance auto`)."""
     offset_file = training_args.modality_offset_file
+    if offset_file:
+        offset = load_modality_offset(offset_file, model.config.clip_projection_dim)
+    elif noise_estimate is not None and noise_estimate.shifted:
+        offset = noise_estimate.modality_offset  # --noise_offset: the offset ε was measured around
+    else:
+        offset = None
     collator = CapDecDataCollator(
         processor,
         noise_variance=training_args.noise_variance if data_args.mode == "text" else 0.0,
         noise_type=training_args.noise_type,
-        modality_offset=load_modality_offset(offset_file, model.config.clip_projection_dim)
-        if offset_file
-        else None,
+        modality_offset=offset,
         mode=data_args.mode,
         embed_on_the_fly=data_args.embed_on_the_fly,
         seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
