@@ -47,6 +47,16 @@ QUICK_STEPS = 1000
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
+def noise_level(parser: argparse.ArgumentParser, value: str) -> float | str:
+    """One `--noise_levels` value: auto, auto+offset or a number (anything else stops with a usage error)."""
+    if value in ("auto", AUTO_OFFSET):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        parser.error(f"--noise_levels: {value!r} is not a number, auto or {AUTO_OFFSET}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.noise_levels is None:
         args.noise_levels = ["auto", AUTO_OFFSET, *SWEEP] if args.full else list(DEFAULT_NOISE)
     else:
-        args.noise_levels = [eps if eps in ("auto", AUTO_OFFSET) else float(eps) for eps in args.noise_levels]
+        args.noise_levels = [noise_level(parser, eps) for eps in args.noise_levels]
     if args.seeds is None:
         args.seeds = [0, 1, 2] if args.full and not args.smoke else [args.seed]
     if args.max_steps is None:

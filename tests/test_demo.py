@@ -127,7 +127,7 @@ def test_gallery_shows_reference_and_marks_exact_matches(tmp_path):
     assert GALLERY_FONT_PX >= 12
 
 
-def test_run_selection_options():
+def test_run_selection_options(capsys):
     from demo.run_demo import SWEEP, parse_args
 
     default = parse_args([])
@@ -137,8 +137,14 @@ def test_run_selection_options():
     full = parse_args(["--full"])
     assert full.max_steps is None and parse_args(["--full", "--max_steps", "50"]).max_steps == 50
     assert (
-        full.noise_levels == ["auto", *SWEEP] and full.supervised and full.memory and full.seeds == [0, 1, 2]
+        full.noise_levels == ["auto", "auto+offset", *SWEEP]
+        and full.supervised
+        and full.memory
+        and full.seeds == [0, 1, 2]
     )
-    chosen = parse_args(["--noise_levels", "auto", "0.016", "--memory", "--seeds", "3", "4"])
-    assert chosen.noise_levels == ["auto", 0.016] and chosen.memory and not chosen.supervised
+    chosen = parse_args(["--noise_levels", "auto", "auto+offset", "0.016", "--memory", "--seeds", "3", "4"])
+    assert chosen.noise_levels == ["auto", "auto+offset", 0.016] and chosen.memory and not chosen.supervised
     assert chosen.seeds == [3, 4]
+    with pytest.raises(SystemExit):
+        parse_args(["--noise_levels", "auto", "lots"])
+    assert "--noise_levels: 'lots' is not a number, auto or auto+offset" in capsys.readouterr().err
