@@ -10,7 +10,8 @@
 3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
    with ε chosen from the data (`--noise_variance auto`: unlabelled images of the world against the corpus) and
    ε = 0 (side by side, one thread each); with --full also ε = auto with the measured modality offset added in
-   training (`--noise_offset`), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned
+   training (`--noise_offset`), and with the noise also shaped like the measured residuals (`--noise_shape
+   measured`), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned
    with projection onto its text memory.
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
    caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
@@ -48,13 +49,13 @@ METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 
 
 def noise_level(parser: argparse.ArgumentParser, value: str) -> float | str:
-    """One `--noise_levels` value: auto, auto+offset or a number (anything else stops with a usage error)."""
-    if value in ("auto", AUTO_OFFSET):
+    """One `--noise_levels` value: a number or one of `AUTO_LEVELS` (anything else stops with a usage error)."""
+    if value in AUTO_LEVELS:
         return value
     try:
         return float(value)
     except ValueError:
-        parser.error(f"--noise_levels: {value!r} is not a number, auto or {AUTO_OFFSET}")
+        parser.error(f"--noise_levels: {value!r} is not a number nor one of {', '.join(AUTO_LEVELS)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,8 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--noise_levels",
         nargs="+",
         default=None,
-        help=f"the text-only runs' ε values, numbers, auto or {AUTO_OFFSET} (auto, and training adds the measured "
-        f"modality offset) (default: auto 0; with --full: auto {AUTO_OFFSET} and the sweep "
+        help=f"the text-only runs' ε values: numbers, or {', '.join(AUTO_LEVELS)} (auto, and training adds the "
+        "measured modality offset, shapes the noise like the measured residuals, or both) (default: auto 0; with "
+        f"--full: auto {AUTO_OFFSET} {AUTO_SHAPE} and the sweep "
         + " ".join(f"{eps:g}" for eps in SWEEP)
         + ")",
     )
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.supervised = args.supervised or args.full
     args.memory = args.memory or args.full
     if args.noise_levels is None:
-        args.noise_levels = ["auto", AUTO_OFFSET, *SWEEP] if args.full else list(DEFAULT_NOISE)
+        args.noise_levels = ["auto", AUTO_OFFSET, AUTO_SHAPE, *SWEEP] if args.full else list(DEFAULT_NOISE)
     else:
         args.noise_levels = [noise_level(parser, eps) for eps in args.noise_levels]
     if args.seeds is None:
@@ -428,8 +430,11 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
 
 
 DEFAULT_NOISE: tuple[float | str, ...] = ("auto", 0.0)
-# ε = auto, and training adds the modality offset measured on the unlabelled images (`--noise_offset`).
+# ε = auto, and training adds the modality offset measured on the unlabelled images (`--noise_offset`); with
+# +shape the noise also takes the shape of the images' residuals around their captions (`--noise_shape measured`).
 AUTO_OFFSET = "auto+offset"
+AUTO_SHAPE = "auto+offset+shape"
+AUTO_LEVELS = ("auto", AUTO_OFFSET, "auto+shape", AUTO_SHAPE)
 MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
 
 
@@ -446,7 +451,12 @@ def run_trainings(
     noise_levels = args.noise_levels
     auto_arguments = ["--noise_images", str(output_dir / "world" / "unlabelled_images")]
     auto_arguments += ["--noise_estimator", "pseudo_pairs"]
-    offset_arguments = [*auto_arguments, "--noise_offset"]
+    options = {"offset": ["--noise_offset"], "shape": ["--noise_shape", "measured"]}
+    # auto+offset etc.: the image arguments of auto (not its memory) and each option's flags
+    auto_variants = {
+        level: [*auto_arguments, *(flag for option in level.split("+")[1:] for flag in options[option])]
+        for level in AUTO_LEVELS[1:]
+    }
     if args.memory:
         auto_arguments += ["--text_memory_size", str(MEMORY_SIZE)]
     several = len(args.seeds) > 1
@@ -465,9 +475,9 @@ def run_trainings(
 
     for seed in args.seeds:
         for eps in noise_levels:
-            extra = {"auto": auto_arguments, AUTO_OFFSET: offset_arguments}.get(eps, [])
+            extra = {"auto": auto_arguments, **auto_variants}.get(eps, [])
             folder = run_name(eps).replace("=", "_").replace("+", "_")
-            noise = "auto" if eps == AUTO_OFFSET else str(eps)
+            noise = "auto" if eps in AUTO_LEVELS else str(eps)
             add_run(run_name(eps), RECIPE, folder, seed, "--noise_variance", noise, *extra)
         if args.supervised:
             add_run("supervised", SUPERVISED_RECIPE, "supervised", seed)
@@ -527,7 +537,7 @@ def report(
     print()
     sweep = {name: value for name, value in seen.items() if name in {run_name(eps) for eps in SWEEP}}
     best_sweep = max(sweep, key=sweep.get) if len(sweep) > 1 else None
-    for run in ("eps=auto", run_name(AUTO_OFFSET), "eps=0.016", MEMORY_RUN):
+    for run in (*map(run_name, AUTO_LEVELS), "eps=0.016", MEMORY_RUN):
         for baseline in ("eps=0", best_sweep, "supervised", "nearest caption"):
             if run in seen and baseline in seen and baseline != run and seen[baseline] > 0:
                 print(f"CIDEr test_seen, {run} / {baseline}: {seen[run] / seen[baseline]:.3f}×")
@@ -589,7 +599,7 @@ def main(argv: list[str] | None = None) -> dict:
             seed: json.loads((folder / "config.json").read_text())["training_noise"]["noise_variance"]
             for seed, folder in run_dirs[run].items()
         }
-        for run in ("eps=auto", run_name(AUTO_OFFSET))
+        for run in map(run_name, AUTO_LEVELS)
         if run in run_dirs
     }
     for run, by_seed in auto_noise.items():

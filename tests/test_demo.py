@@ -19,7 +19,7 @@ def test_demo_smoke_run_completes(tmp_path):
     output = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "demo.run_demo", "--smoke", "--output_dir", str(output)]
-        + ["--noise_levels", "auto", "auto+offset", "0"],  # the default two, and --full's offset run
+        + ["--noise_levels", "auto", "auto+offset+shape", "0"],  # the default two, and one of --full's
         capture_output=True,
         text=True,
         timeout=900,
@@ -27,20 +27,26 @@ def test_demo_smoke_run_completes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())
-    assert set(summary["results"]) == {"eps=auto", "eps=auto+offset", "eps=0", "nearest caption"}
+    assert set(summary["results"]) == {"eps=auto", "eps=auto+offset+shape", "eps=0", "nearest caption"}
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]
     assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 200
     assert summary["auto_noise_variance"]["eps=auto"]["0"] == config["training_noise"]["noise_variance"] > 0
     # ε = auto with --noise_offset: the offset measured on the same images is added in training, and ε is the
-    # noise left around the shifted captions, smaller than the plain estimate
-    shifted = json.loads((output / "runs" / "eps_auto_offset" / "config.json").read_text())["training_noise"]
+    # noise left around the shifted captions, smaller than the plain estimate; --noise_shape measured shapes it
+    shifted = json.loads((output / "runs" / "eps_auto_offset_shape" / "config.json").read_text())[
+        "training_noise"
+    ]
     assert shifted["estimate"]["shifted"] is True and len(shifted["modality_offset"]) == estimate["dim"]
+    assert (
+        1 < shifted["noise_shape_effective_rank"] < estimate["dim"]
+        and estimate["noise_shape_effective_rank"] is None
+    )
     assert shifted["estimate"]["modality_offset_norm"] == pytest.approx(estimate["modality_offset_norm"])
     assert (
         0
-        < summary["auto_noise_variance"]["eps=auto+offset"]["0"]
+        < summary["auto_noise_variance"]["eps=auto+offset+shape"]["0"]
         < config["training_noise"]["noise_variance"]
     )
     for run in summary["results"].values():
@@ -137,7 +143,7 @@ def test_run_selection_options(capsys):
     full = parse_args(["--full"])
     assert full.max_steps is None and parse_args(["--full", "--max_steps", "50"]).max_steps == 50
     assert (
-        full.noise_levels == ["auto", "auto+offset", *SWEEP]
+        full.noise_levels == ["auto", "auto+offset", "auto+offset+shape", *SWEEP]
         and full.supervised
         and full.memory
         and full.seeds == [0, 1, 2]
@@ -147,4 +153,7 @@ def test_run_selection_options(capsys):
     assert chosen.seeds == [3, 4]
     with pytest.raises(SystemExit):
         parse_args(["--noise_levels", "auto", "lots"])
-    assert "--noise_levels: 'lots' is not a number, auto or auto+offset" in capsys.readouterr().err
+    message = (
+        "--noise_levels: 'lots' is not a number nor one of auto, auto+offset, auto+shape, auto+offset+shape"
+    )
+    assert message in capsys.readouterr().err

@@ -104,6 +104,35 @@ def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
     assert (model.text_memory @ shifted_corpus.T).max(dim=-1).values.min() > 1 - 1e-5
 
 
+def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folder, tmp_path):  # noqa: F811
+    output_dir = tmp_path / "out"
+    trainer = main(
+        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
+        + ["--noise_images", str(image_folder), "--noise_offset", "--noise_shape", "measured"]
+    )
+    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
+    processor = CapDecProcessor.from_pretrained(output_dir)
+    expected = estimate_noise_from_data(
+        model,
+        processor,
+        load_dataset_source(parts.corpus),
+        image_folder=image_folder,
+        shift_by_offset=True,
+        measure_shape=True,
+    )
+    assert torch.equal(trainer.data_collator.noise_shape, expected.noise_shape)
+    noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
+    rank = expected.as_record()["noise_shape_effective_rank"]
+    assert noise["estimate"]["noise_shape_effective_rank"] == pytest.approx(rank)
+    assert noise["noise_shape_effective_rank"] == pytest.approx(rank, abs=0.01)
+    assert 1 <= rank < 16  # four images: at most four directions
+    card = ModelCard.load(output_dir / "README.md").text
+    assert (
+        "shaped like the unlabelled images' residuals around their best-matching captions (effective rank "
+        f"{noise['noise_shape_effective_rank']:g})" in card
+    )
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -132,6 +161,15 @@ def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
                 "o.json",
             ],
             "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one",
+        ),
+        (
+            ["--noise_variance", "0.01", "--noise_shape", "measured"],
+            "--noise_shape measured measures the shape on unlabelled images: it needs --noise_variance auto",
+        ),
+        (
+            ["--noise_variance", "auto", "--noise_shape", "measured", "--noise_images", "IMG"]
+            + ["--noise_type", "uniform"],
+            "it needs --noise_type gaussian and the pseudo_pairs estimator (got uniform, None)",
         ),
     ],
 )
@@ -210,3 +248,13 @@ def test_estimate_noise_command_reports_every_applicable_estimator(parts, image_
         f"--noise_variance auto --noise_offset would use: ε = {estimates[0].noise_variance:.4g}"
     )
     assert "4 images, captions shifted by the modality offset, norm " in first
+
+    estimates = estimate_noise_main(
+        base
+        + ["--train_file", str(grouped), "--noise_images", str(image_folder), "--noise_shape", "measured"]
+    )
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("--noise_variance auto --noise_shape measured would use: ε = ")
+    rank = estimates[0].as_record()["noise_shape_effective_rank"]
+    assert first.endswith(f"4 images, noise shaped like the residuals, effective rank {rank:.1f})")
+    assert estimates[1].noise_shape is None and estimates[1].estimator == "pseudo_pairs"

@@ -92,6 +92,33 @@ def test_shifted_pseudo_pairs_measure_only_the_noise_left_after_the_modality_off
     assert shifted.as_record()["shifted"] is True
 
 
+def test_the_measured_noise_shape_finds_the_directions_images_differ_in():
+    generator = torch.Generator().manual_seed(4)
+    captions = unit(torch.randn(2000, DIM, generator=generator))
+    # Images = captions moved only within the first four dimensions (variances 4 : 3 : 2 : 1).
+    scales = torch.zeros(DIM)
+    scales[:4] = torch.tensor([4.0, 3.0, 2.0, 1.0]).sqrt() * 0.1
+    images = unit(captions[:1000] + torch.randn(1000, DIM, generator=generator) * scales)
+    estimate = estimate_noise(captions, images, measure_shape=True)
+    shape = estimate.noise_shape
+    assert shape.shape == (DIM, DIM) and shape.dtype == torch.float32
+    assert shape.pow(2).sum() == pytest.approx(DIM, rel=1e-4)  # the same expected length as isotropic noise
+    covariance = shape.T @ shape
+    inside = covariance[:4, :4].diagonal().sum() / covariance.diagonal().sum()
+    assert (
+        inside > 0.9
+    )  # the residual is orthogonal to each caption, so a little leaks out of the 4 dimensions
+    ratios = covariance.diagonal()[:4] / covariance[3, 3]
+    assert ratios.tolist() == pytest.approx([4.0, 3.0, 2.0, 1.0], rel=0.25)
+    rank = estimate.as_record()["noise_shape_effective_rank"]
+    assert rank == pytest.approx(100 / 30, rel=0.25)  # (4+3+2+1)² / (16+9+4+1)
+    assert estimate.summary().endswith(f"noise shaped like the residuals, effective rank {rank:.1f})")
+    # ε is the one of plain pseudo_pairs: the shape moves the noise, not its length.
+    assert estimate.noise_variance == estimate_noise(captions, images).noise_variance
+    with pytest.raises(ValueError, match="--noise_shape measured.*needs --noise_images and the pseudo_pairs"):
+        estimate_noise(captions, images, estimator="centroids", measure_shape=True)
+
+
 def test_the_shift_needs_images_and_pseudo_pairs():
     captions = unit(torch.randn(10, 8))
     with pytest.raises(

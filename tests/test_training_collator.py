@@ -68,6 +68,32 @@ def test_gaussian_noise_statistics(processor, unit_embedding):
     assert 0.2 < F.cosine_similarity(noised, embeds).mean() < 0.5
 
 
+def test_shaped_noise_has_the_covariance_of_its_shape(processor, unit_embedding):
+    # A shape that puts all the noise in the first 8 dimensions, twice as much in the first 4 (||A||_F^2 = d).
+    scales = torch.zeros(DIM)
+    scales[:4], scales[4:8] = (DIM / 6) ** 0.5, (DIM / 12) ** 0.5
+    shape = torch.diag(scales)
+    collator = CapDecDataCollator(processor, noise_variance=EPS, seed=3, noise_shape=shape)
+    embeds = unit_embedding.expand(ROWS, DIM)
+    noised = collator.add_noise(embeds, example_ids=list(range(ROWS)))
+    drawn = torch.stack(
+        [torch.randn(DIM, generator=example_noise_generator(3, 0, i)) * math.sqrt(EPS) for i in range(ROWS)]
+    )
+    torch.testing.assert_close(noised, F.normalize(embeds + drawn @ shape, dim=-1), atol=1e-6, rtol=0)
+    noise = drawn @ shape
+    assert noise[:, 8:].abs().max() == 0  # nothing outside the shape's directions
+    variances = noise.var(dim=0)
+    assert variances[:4].mean() / variances[4:8].mean() == pytest.approx(2.0, rel=0.05)
+    assert noise.pow(2).sum(dim=-1).mean() == pytest.approx(EPS * DIM, rel=0.05)  # the same expected length
+    # Without example ids the collator's own generator draws, shaped the same way.
+    assert collator.add_noise(embeds[:2]).shape == (2, DIM)
+    assert collator.settings()["noise_shape_effective_rank"] == pytest.approx(7.2)  # (4·2 + 4)² / (4·4 + 4)
+    with pytest.raises(ValueError, match=r"must be a \(8, 8\) matrix for 8-d embeddings, got \(512, 512\)"):
+        collator.add_noise(torch.randn(2, 8))  # checked against the embeddings it meets
+    with pytest.raises(ValueError, match="noise_shape shapes Gaussian noise; noise_type is 'uniform'"):
+        CapDecDataCollator(processor, noise_variance=EPS, noise_type="uniform", noise_shape=shape)
+
+
 def test_uniform_noise_stays_within_the_radius(processor, unit_embedding):
     collator = CapDecDataCollator(processor, noise_variance=EPS, noise_type="uniform", seed=1)
     embeds = unit_embedding.expand(ROWS, DIM)

@@ -4,7 +4,8 @@ Takes the training command's recipe and flags (the corpus, the CLIP, `--noise_im
 `--noise_estimator`), embeds the corpus and the images with the run's CLIP, and prints every estimator that the
 inputs allow, the one `auto` uses first. `--modality_offset_output` also writes the measured modality offset (mean
 image minus mean caption embedding) for `--modality_offset_file`. With `--noise_offset` the first estimate is the one
-`--noise_variance auto --noise_offset` trains with: ε measured around the captions shifted by that offset.
+`--noise_variance auto --noise_offset` trains with: ε measured around the captions shifted by that offset; with
+`--noise_shape measured` it also reports the effective rank of the measured noise shape.
 
     capdec-estimate-noise configuration/shapes_text_only.json --noise_images unlabelled_photos/
     python -m modeling_capdec.commands.estimate_noise --clip_model openai/clip-vit-base-patch32 \\
@@ -46,10 +47,12 @@ def applicable_estimates(
     image_embeds: torch.Tensor | None,
     chosen: str | None = None,
     shift_by_offset: bool = False,
+    measure_shape: bool = False,
 ) -> list[NoiseEstimate]:
     """Every estimator the inputs allow (the image ones need images; caption_groups needs a group of two), the
     one `--noise_variance auto` would use first (`chosen`, or its default; measured around the captions shifted by
-    the modality offset with `shift_by_offset`, as `--noise_offset` trains).
+    the modality offset with `shift_by_offset`, as `--noise_offset` trains, and with the noise shape measured with
+    `measure_shape`, as `--noise_shape measured` trains).
 
     Example:
 
@@ -61,15 +64,16 @@ def applicable_estimates(
     ```
     """
     first = chosen or (DEFAULT_IMAGE_ESTIMATOR if image_embeds is not None else "caption_groups")
-    # With the shift, the first estimator also reports without it.
-    order = [(first, shift_by_offset)] + [(first, False)] * shift_by_offset
-    order += [(name, False) for name in ESTIMATORS if name != first]
+    # With the shift or the shape, the first estimator also reports without them.
+    options = shift_by_offset or measure_shape
+    order = [(first, shift_by_offset, measure_shape)] + [(first, False, False)] * options
+    order += [(name, False, False) for name in ESTIMATORS if name != first]
     estimates = []
-    for estimator, shift in order:
+    for estimator, shift, shape in order:
         if estimator != "caption_groups" and image_embeds is None:
             continue
         try:
-            estimates.append(estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift))
+            estimates.append(estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift, shape))
         except ValueError as error:  # e.g. no group of two captions
             if estimator == first:
                 raise
@@ -107,9 +111,15 @@ def main(argv: list[str] | None = None) -> list[NoiseEstimate]:
         model, processor, corpus, **noise_estimate_inputs(data_args, training_args)
     )
     estimates = applicable_estimates(
-        text_embeds, group_ids, image_embeds, training_args.noise_estimator, training_args.noise_offset
+        text_embeds,
+        group_ids,
+        image_embeds,
+        training_args.noise_estimator,
+        training_args.noise_offset,
+        training_args.noise_shape == "measured",
     )
-    flags = "--noise_variance auto --noise_offset" if training_args.noise_offset else "--noise_variance auto"
+    flags = "--noise_variance auto" + " --noise_offset" * training_args.noise_offset
+    flags += " --noise_shape measured" * (training_args.noise_shape == "measured")
     print(f"{flags} would use: {estimates[0].summary()}")
     for estimate in estimates[1:]:
         print(f"other estimator:               {estimate.summary()}")

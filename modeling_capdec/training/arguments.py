@@ -435,6 +435,14 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
             "captions (pseudo_pairs)."
         },
     )
+    noise_shape: Literal["isotropic", "measured"] = field(
+        default="isotropic",
+        metadata={
+            "help": "isotropic (the paper's), or measured (with --noise_variance auto and --noise_images): the "
+            "Gaussian noise takes the covariance of the images' residuals around their best-matching captions, "
+            "with the same expected length."
+        },
+    )
     noise_type: Literal["gaussian", "uniform"] = field(
         default="gaussian", metadata={"help": "gaussian, or uniform in the ball of radius sqrt(ε)."}
     )

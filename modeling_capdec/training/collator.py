@@ -11,9 +11,11 @@ import torch
 from .noise import (
     EXAMPLE_ID_COLUMN,
     check_noise_settings,
+    check_noise_shape,
     example_noise_generator,
     inject_noise,
     sample_noise,
+    shape_effective_rank,
 )
 
 
@@ -39,7 +41,8 @@ class CapDecDataCollator:
 
     with $\hat x$ the normalised CLIP text embedding, $\epsilon$ = `noise_variance` (std $\sqrt\epsilon$; 0.016 in
     the paper), $o$ the optional `modality_offset`; with `noise_type="uniform"` $n$ is uniform in the ball of
-    radius $\sqrt\epsilon$. `noise_variance=0` and no offset leave the embeddings untouched. The formula is
+    radius $\sqrt\epsilon$. `noise_variance=0` and no offset leave the embeddings untouched. With `noise_shape` $A$
+    (`--noise_shape measured`) the Gaussian noise is $nA$, of covariance $\epsilon A^\top A$. The formula is
     [`inject_noise`]'s.
 
     Supervised mode (`mode="supervised"`, the ClipCap reference) passes precomputed CLIP *image* embeddings
@@ -82,6 +85,7 @@ class CapDecDataCollator:
     noise_variance: float = 0.016
     noise_type: Literal["gaussian", "uniform"] = "gaussian"
     modality_offset: Sequence[float] | None = None
+    noise_shape: torch.Tensor | None = None
     mode: Literal["text", "supervised"] = "text"
     embed_on_the_fly: bool = False
     seed: int = 0
@@ -96,6 +100,9 @@ class CapDecDataCollator:
         check_noise_settings(self.noise_variance, self.noise_type)
         if self.modality_offset is not None and not all(map(math.isfinite, self.modality_offset)):
             raise ValueError("modality_offset holds a value that is not finite (inf or NaN).")
+        if self.noise_shape is not None:
+            self.noise_shape = torch.as_tensor(self.noise_shape, dtype=torch.float32)
+            check_noise_shape(self.noise_shape, self.noise_shape.shape[-1], self.noise_type)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
         if self.embed_on_the_fly and self.mode != "text":
@@ -122,6 +129,9 @@ class CapDecDataCollator:
             "noise_variance": self.noise_variance,
             "noise_type": self.noise_type,
             "modality_offset": list(self.modality_offset) if self.modality_offset is not None else None,
+            "noise_shape_effective_rank": None
+            if self.noise_shape is None
+            else round(shape_effective_rank(self.noise_shape), 2),
             "seed": self.seed,
         }
 
@@ -186,6 +196,7 @@ class CapDecDataCollator:
                 self.noise_type,
                 self.modality_offset,
                 generator=self.generator,
+                noise_shape=self.noise_shape,
             )
         if len(example_ids) != len(clip_embeds):
             raise ValueError(f"{len(example_ids)} example ids for {len(clip_embeds)} embeddings.")
@@ -204,7 +215,12 @@ class CapDecDataCollator:
                 ]
             )
         return inject_noise(
-            clip_embeds, self.noise_variance, self.noise_type, self.modality_offset, noise=noise
+            clip_embeds,
+            self.noise_variance,
+            self.noise_type,
+            self.modality_offset,
+            noise=noise,
+            noise_shape=self.noise_shape,
         )
 
     @staticmethod

@@ -242,6 +242,12 @@ def _noise_description(mode: str, noise: Mapping[str, Any]) -> str:
         if variance > 0
         else "none (ε = 0)"
     )
+    rank = noise.get("noise_shape_effective_rank")
+    if variance > 0 and rank:  # --noise_shape measured
+        description += (
+            f", shaped like the unlabelled images' residuals around their best-matching captions (effective rank "
+            f"{rank:g})"
+        )
     estimate = noise.get("estimate")
     if estimate:  # --noise_variance auto: what the estimate was computed from
         inputs = [f"{estimate['num_captions']} captions"]

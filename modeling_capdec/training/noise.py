@@ -35,6 +35,43 @@ def check_noise_settings(variance: float, noise_type: str = "gaussian") -> None:
         raise ValueError(f"noise_type must be one of {list(NOISE_TYPES)}, got {noise_type!r}.")
 
 
+def check_noise_shape(noise_shape: torch.Tensor, dim: int, noise_type: str = "gaussian") -> None:
+    """A noise shape is a finite `(dim, dim)` matrix, for Gaussian noise (a uniform ball has no covariance to shape).
+
+    Example:
+
+    ```python
+    >>> check_noise_shape(torch.eye(3), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: noise_shape must be a (4, 4) matrix for 4-d embeddings, got (3, 3).
+    ```
+    """
+    if tuple(noise_shape.shape) != (dim, dim):
+        raise ValueError(
+            f"noise_shape must be a ({dim}, {dim}) matrix for {dim}-d embeddings, got {tuple(noise_shape.shape)}."
+        )
+    if not bool(torch.isfinite(noise_shape).all()):
+        raise ValueError("noise_shape holds values that are not finite (inf or NaN).")
+    if noise_type != "gaussian":
+        raise ValueError(f"noise_shape shapes Gaussian noise; noise_type is {noise_type!r}.")
+
+
+def shape_effective_rank(noise_shape: torch.Tensor) -> float:
+    r"""How many directions the shaped noise spreads over: $(\sum_k \lambda_k)^2 / \sum_k \lambda_k^2$ for the
+    eigenvalues $\lambda_k$ of $A^\top A$ (the dimension for isotropic noise, 1 for noise along one line).
+
+    Example:
+
+    ```python
+    >>> shape_effective_rank(torch.eye(8)), shape_effective_rank(torch.diag(torch.tensor([2.0, 0.0, 0.0])))
+    (8.0, 1.0)
+    ```
+    """
+    eigenvalues = torch.linalg.eigvalsh((noise_shape.T @ noise_shape).double()).clamp(min=0)
+    return float(eigenvalues.sum() ** 2 / eigenvalues.pow(2).sum())
+
+
 def example_noise_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
     """The generator that draws the noise of one example in one epoch.
 
@@ -66,6 +103,7 @@ def inject_noise(
     modality_offset: torch.Tensor | Sequence[float] | None = None,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    noise_shape: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Noise a batch of CLIP embeddings as in CapDec (Nukrai et al. 2022, Sec. 3):
 
@@ -73,7 +111,10 @@ def inject_noise(
 
     where $n \sim \mathcal N(0, \epsilon I)$ (std $\sqrt\epsilon$) for `noise_type="gaussian"`, or $n$ uniform in
     the ball of radius $\sqrt\epsilon$ for `"uniform"`, and $o$ is the optional modality offset. With
-    `variance == 0` and no offset the result is just $\hat x$ (no noise).
+    `variance == 0` and no offset the result is just $\hat x$ (no noise). With `noise_shape` $A$ (`(dim, dim)`,
+    $\lVert A\rVert_F^2 = $ dim) the Gaussian noise becomes $nA \sim \mathcal N(0, \epsilon A^\top A)$: the same
+    expected squared length $\epsilon\,d$, spread along the directions $A$ favours (`noise_shape="measured"`:
+    those in which images differ from their captions).
 
     Args:
         embeds: `(batch, dim)` CLIP embeddings (normalised or not).
@@ -82,6 +123,7 @@ def inject_noise(
         modality_offset: optional `(dim,)` vector added after the noise.
         generator: a `torch.Generator` for reproducible noise.
         noise: the `(batch, dim)` noise $n$ already drawn (by [`sample_noise`]), instead of drawing it here.
+        noise_shape: optional `(dim, dim)` matrix $A$ the noise is multiplied by (Gaussian noise only).
 
     Returns:
         `(batch, dim)` unit-norm embeddings, in the dtype of `embeds`.
@@ -97,6 +139,8 @@ def inject_noise(
     ```
     """
     check_noise_settings(variance, noise_type)
+    if noise_shape is not None:
+        check_noise_shape(noise_shape, embeds.shape[-1], noise_type)
     dtype = embeds.dtype
     # Noise in float32: in bf16, sqrt(0.016) * N(0,1) added to entries of size ~1/sqrt(512) loses most bits.
     x = F.normalize(embeds.float(), dim=-1)
@@ -109,6 +153,8 @@ def inject_noise(
             noise = sample_noise(x.shape, variance, noise_type, generator, noise_device)
         elif noise.shape != x.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, the embeddings {tuple(x.shape)}.")
+        if noise_shape is not None:
+            noise = noise.to(torch.float32) @ noise_shape.to(noise.device, torch.float32)
         x = x + noise.to(x.device, torch.float32)
     if modality_offset is not None:
         x = x + torch.as_tensor(modality_offset, dtype=x.dtype, device=x.device)
@@ -143,7 +189,9 @@ __all__ = [
     "EXAMPLE_ID_COLUMN",
     "NOISE_TYPES",
     "check_noise_settings",
+    "check_noise_shape",
     "example_noise_generator",
     "inject_noise",
     "sample_noise",
+    "shape_effective_rank",
 ]

@@ -24,6 +24,12 @@ every caption (as the authors' `--add_modality_offset` does with theirs), so the
 left: `pseudo_pairs` then pairs each image with its best *shifted* caption $s = \hat t + o$ (cosine $c$), and since
 the collator noises $s$, of norm $m$ below 1, the same rule becomes $\epsilon = \overline{m^2}\,(1/c^2 - 1)/d$.
 
+With `measure_shape` (`--noise_shape measured`) the noise also takes the *shape* of the gap: the covariance
+$\Sigma$ of each image's residual orthogonal to its pseudo-paired caption, $r = i - (i\cdot\hat s)\,\hat s$. The
+noise becomes $nA$ with $A = \Sigma^{1/2}$ scaled to $\lVert A\rVert_F^2 = d$: the same expected length as
+isotropic noise of variance ε, along the few directions in which images actually differ from their captions (on
+the demo's world, an effective rank of about 11 of 512).
+
 The functions on embedding tensors are pure (testable on synthetic clouds); `estimate_noise_from_data` embeds a
 corpus and an image folder with the run's CLIP. Which estimator predicts the best ε is measured on the shapes world
 by `python -m demo.estimate_noise_study` (README, "Choosing ε from data").
@@ -42,6 +48,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .noise import shape_effective_rank
+
 logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("pseudo_pairs", "centroids", "caption_groups")
@@ -56,7 +64,8 @@ class NoiseEstimate:
 
     `cosine` is the statistic $c$ of the rule $\\epsilon = (1/c^2 - 1)/d$; `modality_offset` (mean image embedding
     minus mean caption embedding, normalised embeddings) is there when images were given; `shifted` says that ε
-    was measured around the captions shifted by it, which training then adds (`--noise_offset`).
+    was measured around the captions shifted by it, which training then adds (`--noise_offset`); `noise_shape`
+    (`--noise_shape measured`) is the `(d, d)` matrix that shapes the noise like the images' residuals.
     """
 
     estimator: str
@@ -68,6 +77,7 @@ class NoiseEstimate:
     num_groups: int = 0
     modality_offset: list[float] | None = field(default=None, repr=False)
     shifted: bool = False
+    noise_shape: torch.Tensor | None = field(default=None, repr=False)
 
     def summary(self) -> str:
         """One line: the estimate and its inputs.
@@ -88,6 +98,10 @@ class NoiseEstimate:
             counts.append(
                 f"captions shifted by the modality offset, norm {np.linalg.norm(self.modality_offset):.4f}"
             )
+        if self.noise_shape is not None:
+            counts.append(
+                f"noise shaped like the residuals, effective rank {shape_effective_rank(self.noise_shape):.1f}"
+            )
         return (
             f"ε = {self.noise_variance:.4g} ({self.estimator}: cosine {self.cosine:.4f}, d = {self.dim}, "
             + ", ".join(counts)
@@ -100,6 +114,8 @@ class NoiseEstimate:
         record = asdict(self)
         offset = record.pop("modality_offset")
         record["modality_offset_norm"] = float(np.linalg.norm(offset)) if offset is not None else None
+        shape = record.pop("noise_shape")
+        record["noise_shape_effective_rank"] = shape_effective_rank(shape) if shape is not None else None
         return record
 
 
@@ -162,6 +178,39 @@ def pseudo_pair_cosine(
     for start in range(0, len(images), chunk_size):  # (chunk, captions) similarities at a time
         best.append((images[start : start + chunk_size] @ texts.T).max(dim=-1).values)
     return float(torch.cat(best).mean())
+
+
+def residual_noise_shape(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, chunk_size: int = 1024
+) -> torch.Tensor:
+    r"""The `(d, d)` noise shape $A = \Sigma^{1/2}$, scaled to $\lVert A\rVert_F^2 = d$, of the residuals of each
+    image orthogonal to its best-matching caption (the pseudo-pairs of `pseudo_pair_cosine`), float32.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> text = torch.eye(4)
+    >>> images = torch.tensor([[1.0, 0.0, 0.0, 0.3], [0.0, 1.0, 0.0, -0.3]])  # both off along the last axis
+    >>> residual_noise_shape(images, text).diagonal()
+    tensor([0., 0., 0., 2.])
+    ```
+    """
+    images, texts = _unit_pair(image_embeds, text_embeds)
+    partners = []
+    for start in range(0, len(images), chunk_size):
+        partners.append((images[start : start + chunk_size] @ texts.T).argmax(dim=-1))
+    paired = texts[torch.cat(partners)]
+    residuals = images - paired * (images * paired).sum(dim=-1, keepdim=True)
+    covariance = residuals.T @ residuals / len(residuals)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    root = eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+    scale = float(root.pow(2).sum() / root.shape[0]) ** 0.5
+    if scale == 0:
+        raise ValueError(
+            "Every image coincides with a caption: there is no residual to shape the noise with."
+        )
+    return (root / scale).float()
 
 
 def centroid_cosine(image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> float:
@@ -246,13 +295,15 @@ def estimate_noise(
     group_ids: Sequence[Any] | None = None,
     estimator: str | None = None,
     shift_by_offset: bool = False,
+    measure_shape: bool = False,
 ) -> NoiseEstimate:
     """ε from CLIP embeddings of the training captions `(captions, d)` and, optionally, of unlabelled
     target-domain images `(images, d)` and a group id per caption (captions of one image or scene).
 
     `estimator` is one of `ESTIMATORS`; by default `pseudo_pairs` when images are given, else `caption_groups`.
     `shift_by_offset` (`pseudo_pairs` only) measures ε around the captions shifted by the modality offset, for a
-    training that adds it (module docstring).
+    training that adds it; `measure_shape` (`pseudo_pairs` only) also measures the noise shape from the same
+    pseudo-pairs (module docstring).
 
     Example:
 
@@ -279,6 +330,11 @@ def estimate_noise(
         raise ValueError(
             f"Shifting the captions by the modality offset (--noise_offset) needs the pseudo_pairs estimator, got "
             f"{estimator}: after the shift the centroids coincide, and caption_groups sees no images."
+        )
+    if measure_shape and (image_embeds is None or estimator != "pseudo_pairs"):
+        raise ValueError(
+            "Measuring the noise shape (--noise_shape measured) compares unlabelled images with their "
+            f"best-matching captions: it needs --noise_images and the pseudo_pairs estimator (got {estimator})."
         )
     if estimator != "caption_groups" and image_embeds is None:
         raise ValueError(
@@ -313,6 +369,7 @@ def estimate_noise(
         num_groups=num_groups,
         modality_offset=offset,
         shifted=shift_by_offset,
+        noise_shape=residual_noise_shape(image_embeds, captions) if measure_shape else None,
     )
 
 
@@ -458,6 +515,7 @@ def estimate_noise_from_data(
     group_column: str | None = None,
     estimator: str | None = None,
     shift_by_offset: bool = False,
+    measure_shape: bool = False,
     **embedding_kwargs: Any,
 ) -> NoiseEstimate:
     """[`estimate_noise`] on a caption corpus and (optionally) a folder of unlabelled target-domain images,
@@ -475,7 +533,7 @@ def estimate_noise_from_data(
     text_embeds, group_ids, image_embeds = embed_for_estimate(
         model, processor, corpus, caption_column, image_folder, group_column, **embedding_kwargs
     )
-    return estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift_by_offset)
+    return estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift_by_offset, measure_shape)
 
 
 __all__ = [
@@ -492,5 +550,6 @@ __all__ = [
     "image_folder_files",
     "modality_offset",
     "pseudo_pair_cosine",
+    "residual_noise_shape",
     "variance_from_cosine",
 ]

@@ -471,6 +471,20 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
             raise ValueError(
                 "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one."
             )
+    if training_args.noise_shape == "measured":
+        if not auto_noise or training_args.noise_images is None:
+            raise ValueError(
+                "--noise_shape measured measures the shape on unlabelled images: it needs --noise_variance auto and "
+                "--noise_images."
+            )
+        if (
+            training_args.noise_estimator not in (None, "pseudo_pairs")
+            or training_args.noise_type != "gaussian"
+        ):
+            raise ValueError(
+                "--noise_shape measured shapes Gaussian noise from pseudo-pairs: it needs --noise_type gaussian and "
+                f"the pseudo_pairs estimator (got {training_args.noise_type}, {training_args.noise_estimator})."
+            )
     if training_args.noise_images is not None and not os.path.isdir(training_args.noise_images):
         raise FileNotFoundError(f"--noise_images: image folder not found: {training_args.noise_images}")
 
@@ -583,6 +597,7 @@ def estimate_noise_for_run(
         corpus,
         estimator=training_args.noise_estimator,
         shift_by_offset=training_args.noise_offset,
+        measure_shape=training_args.noise_shape == "measured",
         **noise_estimate_inputs(data_args, training_args),
     )
     if training_args.process_index == 0:  # at any log level, as the corpus cleaning
@@ -613,6 +628,7 @@ def collator_for_run(
         noise_variance=training_args.noise_variance if data_args.mode == "text" else 0.0,
         noise_type=training_args.noise_type,
         modality_offset=offset,
+        noise_shape=noise_estimate.noise_shape if noise_estimate is not None else None,
         mode=data_args.mode,
         embed_on_the_fly=data_args.embed_on_the_fly,
         seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
