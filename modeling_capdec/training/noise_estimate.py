@@ -174,10 +174,19 @@ def pseudo_pair_cosine(
     ```
     """
     images, texts = _unit_pair(image_embeds, text_embeds)
-    best = []
+    return float(_best_matches(images, texts, chunk_size)[0].mean())
+
+
+def _best_matches(
+    images: torch.Tensor, texts: torch.Tensor, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit image's best cosine with the unit captions and that caption's index (the pseudo-pairs)."""
+    values, indices = [], []
     for start in range(0, len(images), chunk_size):  # (chunk, captions) similarities at a time
-        best.append((images[start : start + chunk_size] @ texts.T).max(dim=-1).values)
-    return float(torch.cat(best).mean())
+        best = (images[start : start + chunk_size] @ texts.T).max(dim=-1)
+        values.append(best.values)
+        indices.append(best.indices)
+    return torch.cat(values), torch.cat(indices)
 
 
 def residual_noise_shape(
@@ -197,10 +206,7 @@ def residual_noise_shape(
     ```
     """
     images, texts = _unit_pair(image_embeds, text_embeds)
-    partners = []
-    for start in range(0, len(images), chunk_size):
-        partners.append((images[start : start + chunk_size] @ texts.T).argmax(dim=-1))
-    paired = texts[torch.cat(partners)]
+    paired = texts[_best_matches(images, texts, chunk_size)[1]]
     residuals = images - paired * (images * paired).sum(dim=-1, keepdim=True)
     covariance = residuals.T @ residuals / len(residuals)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
