@@ -10,9 +10,10 @@
 3. Train a tiny GPT-2 CapDec **text-only** with `train_capdec.py` and `configuration/shapes_text_only.json`,
    with ε chosen from the data (`--noise_variance auto`: unlabelled images of the world against the corpus) and
    ε = 0 (side by side, one thread each); with --full also ε = auto with the measured modality offset added in
-   training (`--noise_offset`), and with the noise also shaped like the measured residuals (`--noise_shape
-   measured`), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned
-   with projection onto its text memory.
+   training (`--noise_offset`), with the noise also shaped like the measured residuals (`--noise_shape
+   measured`), and with the captions mapped by the measured modality map instead of the offset (`--noise_map`,
+   shaped noise), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned with
+   projection onto its text memory.
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
    caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
    nearest training caption by CLIP similarity.
@@ -93,8 +94,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=None,
         help=f"the text-only runs' ε values: numbers, or {', '.join(AUTO_LEVELS)} (auto, and training adds the "
-        "measured modality offset, shapes the noise like the measured residuals, or both) (default: auto 0; with "
-        f"--full: auto {AUTO_OFFSET} {AUTO_SHAPE} and the sweep "
+        "measured modality offset or maps the captions by the measured modality map, shapes the noise like the "
+        "measured residuals, or both) (default: auto 0; with "
+        f"--full: auto {AUTO_OFFSET} {AUTO_SHAPE} {AUTO_MAP_SHAPE} and the sweep "
         + " ".join(f"{eps:g}" for eps in SWEEP)
         + ")",
     )
@@ -110,7 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.supervised = args.supervised or args.full
     args.memory = args.memory or args.full
     if args.noise_levels is None:
-        args.noise_levels = ["auto", AUTO_OFFSET, AUTO_SHAPE, *SWEEP] if args.full else list(DEFAULT_NOISE)
+        args.noise_levels = (
+            ["auto", AUTO_OFFSET, AUTO_SHAPE, AUTO_MAP_SHAPE, *SWEEP] if args.full else list(DEFAULT_NOISE)
+        )
     else:
         args.noise_levels = [noise_level(parser, eps) for eps in args.noise_levels]
     if args.seeds is None:
@@ -432,9 +436,12 @@ def plot_sweep(path: Path, results: dict[str, dict[str, dict[str, float]]], supe
 DEFAULT_NOISE: tuple[float | str, ...] = ("auto", 0.0)
 # ε = auto, and training adds the modality offset measured on the unlabelled images (`--noise_offset`); with
 # +shape the noise also takes the shape of the images' residuals around their captions (`--noise_shape measured`).
+# With +map training maps the captions by the affine modality map measured on the same images (`--noise_map`)
+# instead of adding the offset.
 AUTO_OFFSET = "auto+offset"
 AUTO_SHAPE = "auto+offset+shape"
-AUTO_LEVELS = ("auto", AUTO_OFFSET, "auto+shape", AUTO_SHAPE)
+AUTO_MAP_SHAPE = "auto+map+shape"
+AUTO_LEVELS = ("auto", AUTO_OFFSET, "auto+shape", AUTO_SHAPE, "auto+map", AUTO_MAP_SHAPE)
 MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
 
 
@@ -451,7 +458,7 @@ def run_trainings(
     noise_levels = args.noise_levels
     auto_arguments = ["--noise_images", str(output_dir / "world" / "unlabelled_images")]
     auto_arguments += ["--noise_estimator", "pseudo_pairs"]
-    options = {"offset": ["--noise_offset"], "shape": ["--noise_shape", "measured"]}
+    options = {"offset": ["--noise_offset"], "map": ["--noise_map"], "shape": ["--noise_shape", "measured"]}
     # auto+offset etc.: the image arguments of auto (not its memory) and each option's flags
     auto_variants = {
         level: [*auto_arguments, *(flag for option in level.split("+")[1:] for flag in options[option])]

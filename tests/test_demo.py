@@ -19,7 +19,13 @@ def test_demo_smoke_run_completes(tmp_path):
     output = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "demo.run_demo", "--smoke", "--output_dir", str(output)]
-        + ["--noise_levels", "auto", "auto+offset+shape", "0"],  # the default two, and one of --full's
+        + [
+            "--noise_levels",
+            "auto",
+            "auto+offset+shape",
+            "auto+map+shape",
+            "0",
+        ],  # the default two, two of --full's
         capture_output=True,
         text=True,
         timeout=900,
@@ -27,7 +33,13 @@ def test_demo_smoke_run_completes(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((output / "results.json").read_text())
-    assert set(summary["results"]) == {"eps=auto", "eps=auto+offset+shape", "eps=0", "nearest caption"}
+    assert set(summary["results"]) == {
+        "eps=auto",
+        "eps=auto+offset+shape",
+        "eps=auto+map+shape",
+        "eps=0",
+        "nearest caption",
+    }
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]
@@ -49,6 +61,13 @@ def test_demo_smoke_run_completes(tmp_path):
         < summary["auto_noise_variance"]["eps=auto+offset+shape"]["0"]
         < config["training_noise"]["noise_variance"]
     )
+    # --noise_map: the captions mapped by the measured modality map instead of the offset, ε measured around them
+    mapped = json.loads((output / "runs" / "eps_auto_map_shape" / "config.json").read_text())[
+        "training_noise"
+    ]
+    assert mapped["modality_map"] == "measured" and mapped["modality_offset"] is None
+    assert mapped["estimate"]["modality_map_ridge"] > 0 and mapped["noise_shape_effective_rank"] > 1
+    assert summary["auto_noise_variance"]["eps=auto+map+shape"]["0"] == mapped["noise_variance"] > 0
     for run in summary["results"].values():
         assert set(run) == {"test_seen", "test_heldout"}
         for metrics in run.values():
@@ -143,7 +162,7 @@ def test_run_selection_options(capsys):
     full = parse_args(["--full"])
     assert full.max_steps is None and parse_args(["--full", "--max_steps", "50"]).max_steps == 50
     assert (
-        full.noise_levels == ["auto", "auto+offset", "auto+offset+shape", *SWEEP]
+        full.noise_levels == ["auto", "auto+offset", "auto+offset+shape", "auto+map+shape", *SWEEP]
         and full.supervised
         and full.memory
         and full.seeds == [0, 1, 2]
@@ -154,6 +173,7 @@ def test_run_selection_options(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--noise_levels", "auto", "lots"])
     message = (
-        "--noise_levels: 'lots' is not a number nor one of auto, auto+offset, auto+shape, auto+offset+shape"
+        "--noise_levels: 'lots' is not a number nor one of auto, auto+offset, auto+shape, auto+offset+shape, "
+        "auto+map, auto+map+shape"
     )
     assert message in capsys.readouterr().err

@@ -133,6 +133,56 @@ def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folde
     )
 
 
+def test_noise_map_trains_on_mapped_captions_and_their_memory_is_mapped(
+    parts,  # noqa: F811
+    image_folder,
+    tmp_path,
+    capsys,
+):
+    from modeling_capdec.training.text_memory import attach_text_memory
+
+    output_dir = tmp_path / "out"
+    trainer = main(
+        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
+        + ["--noise_images", str(image_folder), "--noise_map", "--noise_shape", "measured"]
+        + ["--text_memory_size", "6"]
+    )
+    assert "captions mapped by the measured modality map (ridge " in capsys.readouterr().out
+    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
+    processor = CapDecProcessor.from_pretrained(output_dir)
+    corpus = load_dataset_source(parts.corpus)
+    expected = estimate_noise_from_data(
+        model, processor, corpus, image_folder=image_folder, map_captions=True, measure_shape=True
+    )
+    weight, bias = trainer.data_collator.modality_map
+    assert torch.equal(weight, expected.modality_map.as_tensors()[0])
+    assert torch.equal(bias, expected.modality_map.as_tensors()[1])
+    assert torch.equal(trainer.data_collator.noise_shape, expected.noise_shape)
+    assert trainer.data_collator.modality_offset is None  # the map includes the offset
+    noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
+    assert noise["noise_variance"] == pytest.approx(expected.noise_variance, rel=1e-5)
+    assert noise["modality_map"] == "measured"
+    assert noise["estimate"]["modality_map_ridge"] == pytest.approx(expected.modality_map.ridge)
+    card = ModelCard.load(output_dir / "README.md").text
+    assert (
+        "| modality offset | replaced by an affine modality map (t → tW + b) fitted on the unlabelled" in card
+    )
+    assert "around the captions mapped by the measured modality map" in card
+
+    # The memory holds the mapped captions (where the decoder was trained); one cannot be attached without the map.
+    mapped_corpus = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(torch.tensor(trainer.train_dataset["clip_embeds"][:]), dim=-1) @ weight
+        + bias,
+        dim=-1,
+    )
+    assert (model.text_memory @ mapped_corpus.T).max(dim=-1).values.min() > 1 - 1e-5
+    with pytest.raises(
+        ValueError, match=r"mapped by a measured modality map \(--noise_map\), which is not saved"
+    ):
+        attach_text_memory(output_dir, ["a red circle"], size=4, output_dir=tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
@@ -161,6 +211,27 @@ def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folde
                 "o.json",
             ],
             "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one",
+        ),
+        (
+            ["--noise_map"],
+            "--noise_map fits the modality map on unlabelled images: it needs --noise_variance auto",
+        ),
+        (
+            [
+                "--noise_variance",
+                "auto",
+                "--noise_map",
+                "--noise_images",
+                "IMG",
+                "--noise_estimator",
+                "centroids",
+            ],
+            "--noise_map fits the map on pseudo-pairs and estimates ε around the mapped captions, got "
+            "--noise_estimator centroids",
+        ),
+        (
+            ["--noise_variance", "auto", "--noise_map", "--noise_offset", "--noise_images", "IMG"],
+            "--noise_map replaces the modality offset (the map includes one): drop --noise_offset",
         ),
         (
             ["--noise_variance", "0.01", "--noise_shape", "measured"],
@@ -258,3 +329,16 @@ def test_estimate_noise_command_reports_every_applicable_estimator(parts, image_
     rank = estimates[0].as_record()["noise_shape_effective_rank"]
     assert first.endswith(f"4 images, noise shaped like the residuals, effective rank {rank:.1f})")
     assert estimates[1].noise_shape is None and estimates[1].estimator == "pseudo_pairs"
+
+    # --noise_map: first the estimate around the mapped captions, then the plain one.
+    estimates = estimate_noise_main(
+        f"--clip_model {parts.clip} --decoder_model {parts.gpt2} --train_file {parts.corpus}".split()
+        + ["--noise_images", str(image_folder), "--noise_map"]
+    )
+    first = next(line for line in capsys.readouterr().out.splitlines() if "would use" in line)
+    ridge = estimates[0].modality_map.ridge
+    assert first.startswith(
+        f"--noise_variance auto --noise_map would use: ε = {estimates[0].noise_variance:.4g}"
+    )
+    assert first.endswith(f"4 images, captions mapped by the measured modality map (ridge {ridge:.3g}))")
+    assert estimates[1].modality_map is None and estimates[1].estimator == "pseudo_pairs"

@@ -14,6 +14,7 @@ from modeling_capdec.training.noise_estimate import (
     centroid_cosine,
     corpus_caption_groups,
     estimate_noise,
+    fit_modality_map,
     modality_offset,
     pseudo_pair_cosine,
     variance_from_cosine,
@@ -117,6 +118,59 @@ def test_the_measured_noise_shape_finds_the_directions_images_differ_in():
     assert estimate.noise_variance == estimate_noise(captions, images).noise_variance
     with pytest.raises(ValueError, match="--noise_shape measured.*needs --noise_images and the pseudo_pairs"):
         estimate_noise(captions, images, estimator="centroids", measure_shape=True)
+
+
+def test_the_modality_map_recovers_a_turned_and_shifted_gap_and_the_noise_left_after_it():
+    generator = torch.Generator().manual_seed(5)
+    captions = unit(torch.randn(3000, DIM, generator=generator))
+    # Images = captions turned by a random near-identity matrix and shifted by a gap, then CapDec's noise.
+    turn = torch.eye(DIM) + 0.5 * torch.randn(DIM, DIM, generator=generator) / DIM**0.5
+    clean = unit(captions[:800] @ turn + 0.5 * unit(torch.randn(DIM, generator=generator)))
+    images = noisy(clean, 0.002, generator)
+    estimate = estimate_noise(captions, images, map_captions=True, measure_shape=True)
+    mapping = estimate.modality_map
+    # The map takes captions onto their clean images; the offset alone does not.
+    mapped = unit(mapping(captions[:800].double()).float())
+    shifted = unit(captions[:800] + torch.tensor(estimate.modality_offset))
+    mapped_gap = 1 - F.cosine_similarity(mapped, clean).mean()
+    assert mapped_gap < 0.01 and mapped_gap < (1 - F.cosine_similarity(shifted, clean).mean()) / 5
+    # ε: the noise left around the mapped captions; around the shifted ones the turn counts as noise.
+    assert estimate.noise_variance == pytest.approx(0.002, rel=0.15)
+    assert estimate_noise(captions, images, shift_by_offset=True).noise_variance > 2 * 0.002
+    assert estimate.noise_shape.shape == (DIM, DIM) and estimate.noise_shape.pow(2).sum() == pytest.approx(
+        DIM
+    )
+    record = estimate.as_record()
+    assert record["modality_map_ridge"] == pytest.approx(mapping.ridge) and mapping.ridge > 0
+    assert f"captions mapped by the measured modality map (ridge {mapping.ridge:.3g})" in estimate.summary()
+    weight, bias = mapping.as_tensors()
+    assert weight.dtype == bias.dtype == torch.float32 and weight.shape == (DIM, DIM) and bias.shape == (DIM,)
+
+
+def test_the_modality_maps_leave_one_out_predictions_are_exact():
+    generator = torch.Generator().manual_seed(6)
+    captions = unit(torch.randn(60, 8, generator=generator))
+    images = noisy(
+        captions[:40] @ (torch.eye(8) + 0.3 * torch.randn(8, 8, generator=generator)), 0.01, generator
+    )
+    mapping, held_out = fit_modality_map(images, captions)
+    # Refit without each pair in turn (same pseudo-pairs, same penalty, unpenalised intercept).
+    texts, unit_images = unit(captions.double()), unit(images.double())
+    shifted = unit(texts + unit_images.mean(0) - texts.mean(0))
+    inputs = texts[(unit_images @ shifted.T).argmax(dim=-1)]
+    for k in (0, 17, 39):
+        keep = torch.arange(40) != k
+        x_mean, y_mean = inputs[keep].mean(0), unit_images[keep].mean(0)
+        x, y = inputs[keep] - x_mean, unit_images[keep] - y_mean
+        weight = torch.linalg.solve(x.T @ x + mapping.ridge * torch.eye(8, dtype=x.dtype), x.T @ y)
+        torch.testing.assert_close(held_out[k], (inputs[k] - x_mean) @ weight + y_mean)
+
+
+def test_the_modality_map_needs_images_and_pseudo_pairs_and_replaces_the_shift():
+    captions, images = unit(torch.randn(10, 8)), unit(torch.randn(4, 8))
+    for kwargs in ({"image_embeds": None}, {"estimator": "centroids"}, {"shift_by_offset": True}):
+        with pytest.raises(ValueError, match=r"Mapping the captions \(--noise_map\) fits the map"):
+            estimate_noise(captions, **{"image_embeds": images, "map_captions": True, **kwargs})
 
 
 def test_the_shift_needs_images_and_pseudo_pairs():

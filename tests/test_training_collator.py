@@ -119,6 +119,26 @@ def test_modality_offset_is_added_before_normalising(processor, unit_embedding):
     torch.testing.assert_close(batch["clip_embeds"][0], F.normalize(unit_embedding + offset, dim=0))
 
 
+def test_modality_map_is_applied_to_the_unit_caption_before_the_noise(processor, unit_embedding):
+    generator = torch.Generator().manual_seed(7)
+    weight, bias = torch.eye(DIM) + 0.1 * torch.randn(DIM, DIM, generator=generator), torch.full((DIM,), 0.02)
+    collator = CapDecDataCollator(processor, noise_variance=0.0, modality_map=(weight, bias))
+    assert collator.adds_noise and collator.settings()["modality_map"] == "measured"
+    batch = collator(_features(3 * unit_embedding[None]))  # not unit: normalised first
+    torch.testing.assert_close(batch["clip_embeds"][0], F.normalize(unit_embedding @ weight + bias, dim=0))
+    # With noise, the noise is drawn around the mapped caption (its norm sets how far the noise moves it).
+    noisy = CapDecDataCollator(processor, noise_variance=EPS, modality_map=(weight, bias))(
+        _features(unit_embedding.expand(ROWS, DIM))
+    )["clip_embeds"]
+    mapped = unit_embedding @ weight + bias
+    expected = 1 / math.sqrt(1 + DIM * EPS / float(mapped.pow(2).sum()))
+    assert F.cosine_similarity(noisy, mapped[None]).mean() == pytest.approx(expected, rel=0.02)
+    with pytest.raises(ValueError, match=r"modality_map must be \(weight \(512, 512\), bias \(512,\)\)"):
+        CapDecDataCollator(processor, modality_map=(weight, bias[:3]))
+    with pytest.raises(ValueError, match="modality_map holds values that are not finite"):
+        CapDecDataCollator(processor, modality_map=(weight, torch.full((DIM,), float("nan"))))
+
+
 def test_noise_is_reproducible_and_fresh(processor):
     embeds = F.normalize(torch.randn(6, DIM), dim=-1)
 

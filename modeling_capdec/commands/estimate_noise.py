@@ -5,7 +5,8 @@ Takes the training command's recipe and flags (the corpus, the CLIP, `--noise_im
 inputs allow, the one `auto` uses first. `--modality_offset_output` also writes the measured modality offset (mean
 image minus mean caption embedding) for `--modality_offset_file`. With `--noise_offset` the first estimate is the one
 `--noise_variance auto --noise_offset` trains with: ε measured around the captions shifted by that offset; with
-`--noise_shape measured` it also reports the effective rank of the measured noise shape.
+`--noise_shape measured` it also reports the effective rank of the measured noise shape; with `--noise_map`, ε around
+the captions mapped by the measured modality map.
 
     capdec-estimate-noise configuration/shapes_text_only.json --noise_images unlabelled_photos/
     python -m modeling_capdec.commands.estimate_noise --clip_model openai/clip-vit-base-patch32 \\
@@ -48,11 +49,13 @@ def applicable_estimates(
     chosen: str | None = None,
     shift_by_offset: bool = False,
     measure_shape: bool = False,
+    map_captions: bool = False,
 ) -> list[NoiseEstimate]:
     """Every estimator the inputs allow (the image ones need images; caption_groups needs a group of two), the
     one `--noise_variance auto` would use first (`chosen`, or its default; measured around the captions shifted by
     the modality offset with `shift_by_offset`, as `--noise_offset` trains, and with the noise shape measured with
-    `measure_shape`, as `--noise_shape measured` trains).
+    `measure_shape`, as `--noise_shape measured` trains, and around the mapped captions with `map_captions`, as
+    `--noise_map` trains).
 
     Example:
 
@@ -64,16 +67,18 @@ def applicable_estimates(
     ```
     """
     first = chosen or (DEFAULT_IMAGE_ESTIMATOR if image_embeds is not None else "caption_groups")
-    # With the shift or the shape, the first estimator also reports without them.
-    options = shift_by_offset or measure_shape
-    order = [(first, shift_by_offset, measure_shape)] + [(first, False, False)] * options
-    order += [(name, False, False) for name in ESTIMATORS if name != first]
+    # With the shift, the shape or the map, the first estimator also reports without them.
+    options = shift_by_offset or measure_shape or map_captions
+    order = [(first, shift_by_offset, measure_shape, map_captions)] + [(first, False, False, False)] * options
+    order += [(name, False, False, False) for name in ESTIMATORS if name != first]
     estimates = []
-    for estimator, shift, shape in order:
+    for estimator, shift, shape, mapped in order:
         if estimator != "caption_groups" and image_embeds is None:
             continue
         try:
-            estimates.append(estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift, shape))
+            estimates.append(
+                estimate_noise(text_embeds, image_embeds, group_ids, estimator, shift, shape, mapped)
+            )
         except ValueError as error:  # e.g. no group of two captions
             if estimator == first:
                 raise
@@ -117,8 +122,10 @@ def main(argv: list[str] | None = None) -> list[NoiseEstimate]:
         training_args.noise_estimator,
         training_args.noise_offset,
         training_args.noise_shape == "measured",
+        training_args.noise_map,
     )
     flags = "--noise_variance auto" + " --noise_offset" * training_args.noise_offset
+    flags += " --noise_map" * training_args.noise_map
     flags += " --noise_shape measured" * (training_args.noise_shape == "measured")
     print(f"{flags} would use: {estimates[0].summary()}")
     for estimate in estimates[1:]:

@@ -435,6 +435,14 @@ class CapDecTrainingArguments(Seq2SeqTrainingArguments):
             "captions (pseudo_pairs)."
         },
     )
+    noise_map: bool = field(
+        default=False,
+        metadata={
+            "help": "With --noise_variance auto and --noise_images, instead of --noise_offset: map every caption "
+            "embedding with an affine map fitted on the unlabelled images and their best-matching captions (ridge "
+            "regression, penalty by leave-one-out error), and estimate ε around the mapped captions."
+        },
+    )
     noise_shape: Literal["isotropic", "measured"] = field(
         default="isotropic",
         metadata={

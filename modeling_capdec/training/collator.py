@@ -10,6 +10,7 @@ import torch
 
 from .noise import (
     EXAMPLE_ID_COLUMN,
+    check_modality_map,
     check_noise_settings,
     check_noise_shape,
     example_noise_generator,
@@ -43,7 +44,7 @@ class CapDecDataCollator:
     the paper), $o$ the optional `modality_offset`; with `noise_type="uniform"` $n$ is uniform in the ball of
     radius $\sqrt\epsilon$. `noise_variance=0` and no offset leave the embeddings untouched. With `noise_shape` $A$
     (`--noise_shape measured`) the Gaussian noise is $nA$, of covariance $\epsilon A^\top A$. The formula is
-    [`inject_noise`]'s.
+    [`inject_noise`]'s. With `modality_map` $(W, b)$ (`--noise_map`) $\hat x$ is first mapped to $\hat x W + b$.
 
     Supervised mode (`mode="supervised"`, the ClipCap reference) passes precomputed CLIP *image* embeddings
     through unchanged.
@@ -86,6 +87,7 @@ class CapDecDataCollator:
     noise_type: Literal["gaussian", "uniform"] = "gaussian"
     modality_offset: Sequence[float] | None = None
     noise_shape: torch.Tensor | None = None
+    modality_map: tuple[torch.Tensor, torch.Tensor] | None = None
     mode: Literal["text", "supervised"] = "text"
     embed_on_the_fly: bool = False
     seed: int = 0
@@ -103,6 +105,10 @@ class CapDecDataCollator:
         if self.noise_shape is not None:
             self.noise_shape = torch.as_tensor(self.noise_shape, dtype=torch.float32)
             check_noise_shape(self.noise_shape, self.noise_shape.shape[-1], self.noise_type)
+        if self.modality_map is not None:
+            weight, bias = (torch.as_tensor(part, dtype=torch.float32) for part in self.modality_map)
+            check_modality_map((weight, bias), weight.shape[-1])
+            self.modality_map = (weight, bias)
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}.")
         if self.embed_on_the_fly and self.mode != "text":
@@ -119,8 +125,10 @@ class CapDecDataCollator:
 
     @property
     def adds_noise(self) -> bool:
-        """Whether batches are noised at all (text mode with ε > 0 or a modality offset)."""
-        return self.mode == "text" and (self.noise_variance > 0 or self.modality_offset is not None)
+        """Whether batches are noised at all (text mode with ε > 0, a modality offset or a modality map)."""
+        return self.mode == "text" and (
+            self.noise_variance > 0 or self.modality_offset is not None or self.modality_map is not None
+        )
 
     def settings(self) -> dict[str, Any]:
         """The noise this collator draws, as plain values (recorded in the saved config and the model card)."""
@@ -132,6 +140,7 @@ class CapDecDataCollator:
             "noise_shape_effective_rank": None
             if self.noise_shape is None
             else round(shape_effective_rank(self.noise_shape), 2),
+            "modality_map": None if self.modality_map is None else "measured",
             "seed": self.seed,
         }
 
@@ -197,6 +206,7 @@ class CapDecDataCollator:
                 self.modality_offset,
                 generator=self.generator,
                 noise_shape=self.noise_shape,
+                modality_map=self.modality_map,
             )
         if len(example_ids) != len(clip_embeds):
             raise ValueError(f"{len(example_ids)} example ids for {len(clip_embeds)} embeddings.")
@@ -221,6 +231,7 @@ class CapDecDataCollator:
             self.modality_offset,
             noise=noise,
             noise_shape=self.noise_shape,
+            modality_map=self.modality_map,
         )
 
     @staticmethod

@@ -260,6 +260,11 @@ def _noise_description(mode: str, noise: Mapping[str, Any]) -> str:
             rule = (
                 "around the captions shifted by the measured modality offset, ε = mean |t + o|² (1/c² − 1)/d"
             )
+        elif estimate.get("modality_map_ridge") is not None:  # --noise_map
+            rule = (
+                "around the captions mapped by the measured modality map, ε = mean |tW + b|² (1/c² − 1)/d with c "
+                "the leave-one-out cosine"
+            )
         description += (
             f"; estimated from the data before training ({estimate['estimator']}: cosine {estimate['cosine']:.4f}, "
             f"d = {estimate['dim']}, {', '.join(inputs)}; {rule})"
@@ -269,6 +274,14 @@ def _noise_description(mode: str, noise: Mapping[str, Any]) -> str:
 
 def _offset_description(noise: Mapping[str, Any]) -> str:
     offset = noise.get("modality_offset")
+    if noise.get("modality_map"):  # --noise_map: an affine map in place of the offset
+        ridge = (noise.get("estimate") or {}).get("modality_map_ridge")
+        return (
+            "replaced by an affine modality map (t → tW + b) fitted on the unlabelled images and their "
+            "best-matching captions"
+            + (f" (ridge {ridge:.3g})" if ridge is not None else "")
+            + ", applied to every caption embedding in training"
+        )
     if offset is None:
         return "no"
     norm = math.sqrt(sum(value * value for value in offset))

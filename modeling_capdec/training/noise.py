@@ -72,6 +72,28 @@ def shape_effective_rank(noise_shape: torch.Tensor) -> float:
     return float(eigenvalues.sum() ** 2 / eigenvalues.pow(2).sum())
 
 
+def check_modality_map(modality_map: Sequence[torch.Tensor], dim: int) -> None:
+    """A modality map is a finite `(weight (dim, dim), bias (dim,))` pair.
+
+    Example:
+
+    ```python
+    >>> check_modality_map((torch.eye(4), torch.zeros(3)), 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: modality_map must be (weight (4, 4), bias (4,)) for 4-d embeddings, got ((4, 4), (3,)).
+    ```
+    """
+    shapes = tuple(tuple(part.shape) for part in modality_map)
+    if shapes != ((dim, dim), (dim,)):
+        raise ValueError(
+            f"modality_map must be (weight ({dim}, {dim}), bias ({dim},)) for {dim}-d embeddings, got "
+            f"{', '.join(map(str, shapes)).join('()')}."
+        )
+    if not all(bool(torch.isfinite(part).all()) for part in modality_map):
+        raise ValueError("modality_map holds values that are not finite (inf or NaN).")
+
+
 def example_noise_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
     """The generator that draws the noise of one example in one epoch.
 
@@ -104,6 +126,7 @@ def inject_noise(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     noise_shape: torch.Tensor | None = None,
+    modality_map: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     r"""Noise a batch of CLIP embeddings as in CapDec (Nukrai et al. 2022, Sec. 3):
 
@@ -114,7 +137,8 @@ def inject_noise(
     `variance == 0` and no offset the result is just $\hat x$ (no noise). With `noise_shape` $A$ (`(dim, dim)`,
     $\lVert A\rVert_F^2 = $ dim) the Gaussian noise becomes $nA \sim \mathcal N(0, \epsilon A^\top A)$: the same
     expected squared length $\epsilon\,d$, spread along the directions $A$ favours (`noise_shape="measured"`:
-    those in which images differ from their captions).
+    those in which images differ from their captions). With `modality_map` $(W, b)$ (`--noise_map`) the caption
+    is first mapped, $\hat x W + b$ taking the place of $\hat x$.
 
     Args:
         embeds: `(batch, dim)` CLIP embeddings (normalised or not).
@@ -124,6 +148,7 @@ def inject_noise(
         generator: a `torch.Generator` for reproducible noise.
         noise: the `(batch, dim)` noise $n$ already drawn (by [`sample_noise`]), instead of drawing it here.
         noise_shape: optional `(dim, dim)` matrix $A$ the noise is multiplied by (Gaussian noise only).
+        modality_map: optional `((dim, dim) W, (dim,) b)` applied to $\hat x$ before the noise.
 
     Returns:
         `(batch, dim)` unit-norm embeddings, in the dtype of `embeds`.
@@ -144,8 +169,11 @@ def inject_noise(
     dtype = embeds.dtype
     # Noise in float32: in bf16, sqrt(0.016) * N(0,1) added to entries of size ~1/sqrt(512) loses most bits.
     x = F.normalize(embeds.float(), dim=-1)
+    if modality_map is not None:
+        weight, bias = modality_map
+        x = x @ weight.to(x.device, torch.float32) + bias.to(x.device, torch.float32)
     if variance == 0 and modality_offset is None:
-        return x.to(dtype)
+        return F.normalize(x, dim=-1).to(dtype)
     if variance > 0:
         if noise is None:
             # Draw on the generator's device (a CPU generator cannot fill a CUDA tensor), then move.
@@ -188,6 +216,7 @@ def _uniform_ball(
 __all__ = [
     "EXAMPLE_ID_COLUMN",
     "NOISE_TYPES",
+    "check_modality_map",
     "check_noise_settings",
     "check_noise_shape",
     "example_noise_generator",

@@ -47,10 +47,23 @@ def _first_of_each(keys: Sequence[Any]) -> list[int]:
     return first
 
 
-def shifted_like_training(embeds: torch.Tensor, model: Any) -> torch.Tensor:
-    """Memory rows where the decoder was trained: a model trained with a modality offset (`--noise_offset`,
+def _check_map_given(model: Any, modality_map: Any) -> None:
+    if (getattr(model.config, "training_noise", None) or {}).get("modality_map") and modality_map is None:
+        raise ValueError(
+            "This model was trained on captions mapped by a measured modality map (--noise_map), which is not "
+            "saved with it: a memory of unmapped captions would not lie where its decoder was trained. Build the "
+            "memory in the training run (--text_memory_size N)."
+        )
+
+
+def shifted_like_training(
+    embeds: torch.Tensor, model: Any, modality_map: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    r"""Memory rows where the decoder was trained: a model trained with a modality offset (`--noise_offset`,
     `--modality_offset_file`; in `config.training_noise`) saw caption embeddings plus that offset, normalised again,
-    so its memory holds them shifted the same way (and images are compared with those). Unchanged otherwise.
+    so its memory holds them shifted the same way (and images are compared with those). A model trained with a
+    modality map (`--noise_map`) saw $\hat t W + b$: the map `(W, b)` is not saved with the model, so its memory is
+    built by the training run, which passes it (`modality_map`); without it this raises. Unchanged otherwise.
 
     Example:
 
@@ -60,10 +73,17 @@ def shifted_like_training(embeds: torch.Tensor, model: Any) -> torch.Tensor:
     tensor([[0.7071, 0.7071]])
     ```
     """
+    _check_map_given(model, modality_map)
     offset = (getattr(model.config, "training_noise", None) or {}).get("modality_offset")
-    if offset is None:
+    if offset is None and modality_map is None:
         return embeds
-    return torch.nn.functional.normalize(embeds.float() + torch.tensor(offset, dtype=torch.float32), dim=-1)
+    rows = embeds.float()
+    if modality_map is not None:  # the map takes unit captions, as the collator's inject_noise gives it
+        weight, bias = modality_map
+        rows = torch.nn.functional.normalize(rows, dim=-1) @ weight.float() + bias.float()
+    if offset is not None:
+        rows = rows + torch.tensor(offset, dtype=torch.float32)
+    return torch.nn.functional.normalize(rows, dim=-1)
 
 
 @torch.no_grad()
@@ -75,10 +95,11 @@ def text_memory_from_captions(
     seed: int = 0,
     batch_size: int = 256,
     device: Any = None,
+    modality_map: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Normalised CLIP text embeddings `(rows, clip_projection_dim)` of at most `size` distinct `captions` (a seeded
     sample when there are more), embedded with the model's CLIP (and shifted by its training's modality offset, if
-    any: `shifted_like_training`).
+    any, or by `modality_map`: `shifted_like_training`).
 
     Example:
 
@@ -90,21 +111,29 @@ def text_memory_from_captions(
     """
     from .data import clip_on_device, embed_captions
 
+    _check_map_given(model, modality_map)  # before embedding what could not be used
     texts = [caption.strip() for caption in captions if isinstance(caption, str) and caption.strip()]
     distinct = [texts[i] for i in _first_of_each(texts)]
     if not distinct:
         raise ValueError("No non-empty caption to build the text memory from.")
     chosen = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
     embeds = embed_captions(chosen, model, processor, batch_size, clip_on_device(model, device))
-    return shifted_like_training(embeds, model)
+    return shifted_like_training(embeds, model, modality_map)
 
 
 def text_memory_for_run(
-    model: Any, processor: Any, train_dataset: Any, size: int, seed: int = 0, batch_size: int = 256
+    model: Any,
+    processor: Any,
+    train_dataset: Any,
+    size: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    modality_map: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The memory of a training run, from the prepared (cleaned) training dataset: the `clip_embeds` already
     computed for a seeded sample of its distinct captions (by decoder tokens), or, when embedding on the fly, the
-    `caption` texts embedded now. Stored in the model with `set_text_memory`, it is saved with the weights.
+    `caption` texts embedded now; mapped by the run's `modality_map` if it has one (`--noise_map`). Stored in the
+    model with `set_text_memory`, it is saved with the weights.
 
     Example:
 
@@ -116,9 +145,11 @@ def text_memory_for_run(
         distinct = _first_of_each([tuple(ids) for ids in train_dataset["input_ids"][:]])
         rows = [distinct[i] for i in sample_memory_rows(len(distinct), size, seed)]
         embeds = train_dataset.select(rows).with_format("torch", columns=["clip_embeds"])["clip_embeds"][:]
-        return shifted_like_training(embeds.float(), model)
+        return shifted_like_training(embeds.float(), model, modality_map)
     captions = train_dataset["caption"][:]
-    return text_memory_from_captions(captions, model, processor, size, seed, batch_size)
+    return text_memory_from_captions(
+        captions, model, processor, size, seed, batch_size, modality_map=modality_map
+    )
 
 
 def attach_text_memory(

@@ -471,6 +471,22 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
             raise ValueError(
                 "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one."
             )
+    if training_args.noise_map:
+        if not auto_noise or training_args.noise_images is None:
+            raise ValueError(
+                "--noise_map fits the modality map on unlabelled images: it needs --noise_variance auto and "
+                "--noise_images."
+            )
+        if training_args.noise_estimator not in (None, "pseudo_pairs"):
+            raise ValueError(
+                f"--noise_map fits the map on pseudo-pairs and estimates ε around the mapped captions, got "
+                f"--noise_estimator {training_args.noise_estimator}."
+            )
+        if training_args.noise_offset or training_args.modality_offset_file is not None:
+            raise ValueError(
+                "--noise_map replaces the modality offset (the map includes one): drop --noise_offset and "
+                "--modality_offset_file."
+            )
     if training_args.noise_shape == "measured":
         if not auto_noise or training_args.noise_images is None:
             raise ValueError(
@@ -598,6 +614,7 @@ def estimate_noise_for_run(
         estimator=training_args.noise_estimator,
         shift_by_offset=training_args.noise_offset,
         measure_shape=training_args.noise_shape == "measured",
+        map_captions=training_args.noise_map,
         **noise_estimate_inputs(data_args, training_args),
     )
     if training_args.process_index == 0:  # at any log level, as the corpus cleaning
@@ -629,6 +646,9 @@ def collator_for_run(
         noise_type=training_args.noise_type,
         modality_offset=offset,
         noise_shape=noise_estimate.noise_shape if noise_estimate is not None else None,
+        modality_map=noise_estimate.modality_map.as_tensors()
+        if noise_estimate is not None and noise_estimate.modality_map is not None
+        else None,
         mode=data_args.mode,
         embed_on_the_fly=data_args.embed_on_the_fly,
         seed=training_args.seed if training_args.noise_seed is None else training_args.noise_seed,
@@ -681,7 +701,12 @@ def attach_memory_for_run(trainer: CapDecTrainer, model_args: Any) -> None:
         return
     model = trainer.accelerator.unwrap_model(trainer.model)
     memory = text_memory_for_run(
-        model, trainer.processing_class, trainer.train_dataset, model_args.text_memory_size, trainer.args.seed
+        model,
+        trainer.processing_class,
+        trainer.train_dataset,
+        model_args.text_memory_size,
+        trainer.args.seed,
+        modality_map=getattr(trainer.data_collator, "modality_map", None),
     )
     model.set_text_memory(memory)
     if trainer.is_world_process_zero():
