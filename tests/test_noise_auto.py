@@ -26,18 +26,29 @@ def image_folder(parts, tmp_path_factory):  # noqa: F811
     return folder
 
 
-def test_noise_variance_auto_trains_with_the_estimate_and_records_it(parts, image_folder, tmp_path, capsys):  # noqa: F811
-    output_dir = tmp_path / "out"
+def train_with_measured_noise(parts, image_folder, output_dir, *flags):  # noqa: F811
+    """Two steps with --noise_variance auto on the unlabelled images and `flags`: the trainer, the saved model and
+    its processor."""
     trainer = main(
         cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
-        + ["--noise_images", str(image_folder), "--text_memory_size", "6"]
+        + ["--noise_images", str(image_folder), *flags]
+    )
+    return (
+        trainer,
+        CapDecForConditionalGeneration.from_pretrained(output_dir),
+        CapDecProcessor.from_pretrained(output_dir),
+    )
+
+
+def test_noise_variance_auto_trains_with_the_estimate_and_records_it(parts, image_folder, tmp_path, capsys):  # noqa: F811
+    output_dir = tmp_path / "out"
+    trainer, model, processor = train_with_measured_noise(
+        parts, image_folder, output_dir, "--text_memory_size", "6"
     )
     printed = capsys.readouterr().out
     assert "Noise from data: ε = " in printed and "pseudo_pairs" in printed and "4 images" in printed
 
     # The same estimate computed directly from the corpus and the folder, with the run's CLIP.
-    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
-    processor = CapDecProcessor.from_pretrained(output_dir)
     expected = estimate_noise_from_data(
         model, processor, load_dataset_source(parts.corpus), image_folder=image_folder
     )
@@ -71,13 +82,10 @@ def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
     capsys,
 ):
     output_dir = tmp_path / "out"
-    trainer = main(
-        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
-        + ["--noise_images", str(image_folder), "--noise_offset", "--text_memory_size", "6"]
+    trainer, model, processor = train_with_measured_noise(
+        parts, image_folder, output_dir, "--noise_offset", "--text_memory_size", "6"
     )
     assert "captions shifted by the modality offset, norm " in capsys.readouterr().out
-    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
-    processor = CapDecProcessor.from_pretrained(output_dir)
     corpus = load_dataset_source(parts.corpus)
     expected = estimate_noise_from_data(
         model, processor, corpus, image_folder=image_folder, shift_by_offset=True
@@ -106,12 +114,9 @@ def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
 
 def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folder, tmp_path):  # noqa: F811
     output_dir = tmp_path / "out"
-    trainer = main(
-        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
-        + ["--noise_images", str(image_folder), "--noise_offset", "--noise_shape", "measured"]
+    trainer, model, processor = train_with_measured_noise(
+        parts, image_folder, output_dir, "--noise_offset", "--noise_shape", "measured"
     )
-    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
-    processor = CapDecProcessor.from_pretrained(output_dir)
     expected = estimate_noise_from_data(
         model,
         processor,
@@ -142,14 +147,10 @@ def test_noise_map_trains_on_mapped_captions_and_their_memory_is_mapped(
     from modeling_capdec.training.text_memory import attach_text_memory
 
     output_dir = tmp_path / "out"
-    trainer = main(
-        cli(parts, output_dir, "--max_steps", "2", "--save_strategy", "no", "--noise_variance", "auto")
-        + ["--noise_images", str(image_folder), "--noise_map", "--noise_shape", "measured"]
-        + ["--text_memory_size", "6"]
+    trainer, model, processor = train_with_measured_noise(
+        parts, image_folder, output_dir, "--noise_map", "--noise_shape", "measured", "--text_memory_size", "6"
     )
     assert "captions mapped by the measured modality map (ridge " in capsys.readouterr().out
-    model = CapDecForConditionalGeneration.from_pretrained(output_dir)
-    processor = CapDecProcessor.from_pretrained(output_dir)
     corpus = load_dataset_source(parts.corpus)
     expected = estimate_noise_from_data(
         model, processor, corpus, image_folder=image_folder, map_captions=True, measure_shape=True

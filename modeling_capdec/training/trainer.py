@@ -456,12 +456,17 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
             f"{', '.join('--' + name for name in estimator_settings)} only matter(s) with --noise_variance auto "
             f"(got --noise_variance {training_args.noise_variance:g})."
         )
-    if training_args.noise_offset:
-        if not auto_noise or training_args.noise_images is None:
+    measured_on_images = [  # each is measured from unlabelled images before training
+        ("--noise_offset", training_args.noise_offset, "measures the modality offset"),
+        ("--noise_map", training_args.noise_map, "fits the modality map"),
+        ("--noise_shape measured", training_args.noise_shape == "measured", "measures the shape"),
+    ]
+    for flag, given, what in measured_on_images:
+        if given and (not auto_noise or training_args.noise_images is None):
             raise ValueError(
-                "--noise_offset measures the modality offset on unlabelled images: it needs --noise_variance auto "
-                "and --noise_images."
+                f"{flag} {what} on unlabelled images: it needs --noise_variance auto and --noise_images."
             )
+    if training_args.noise_offset:
         if training_args.noise_estimator not in (None, "pseudo_pairs"):
             raise ValueError(
                 f"--noise_offset estimates ε with pseudo_pairs around the shifted captions, got --noise_estimator "
@@ -472,11 +477,6 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
                 "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one."
             )
     if training_args.noise_map:
-        if not auto_noise or training_args.noise_images is None:
-            raise ValueError(
-                "--noise_map fits the modality map on unlabelled images: it needs --noise_variance auto and "
-                "--noise_images."
-            )
         if training_args.noise_estimator not in (None, "pseudo_pairs"):
             raise ValueError(
                 f"--noise_map fits the map on pseudo-pairs and estimates ε around the mapped captions, got "
@@ -488,11 +488,6 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
                 "--modality_offset_file."
             )
     if training_args.noise_shape == "measured":
-        if not auto_noise or training_args.noise_images is None:
-            raise ValueError(
-                "--noise_shape measured measures the shape on unlabelled images: it needs --noise_variance auto and "
-                "--noise_images."
-            )
         if (
             training_args.noise_estimator not in (None, "pseudo_pairs")
             or training_args.noise_type != "gaussian"
