@@ -137,6 +137,10 @@ def test_modality_map_is_applied_to_the_unit_caption_before_the_noise(processor,
         CapDecDataCollator(processor, modality_map=(weight, bias[:3]))
     with pytest.raises(ValueError, match="modality_map holds values that are not finite"):
         CapDecDataCollator(processor, modality_map=(weight, torch.full((DIM,), float("nan"))))
+    from modeling_capdec.training.noise import inject_noise  # called directly, it checks the map too
+
+    with pytest.raises(ValueError, match=r"got \(\(512, 8\), \(512,\)\)"):
+        inject_noise(unit_embedding[None], 0.0, modality_map=(weight[:, :8], bias))
 
 
 def test_noise_is_reproducible_and_fresh(processor):

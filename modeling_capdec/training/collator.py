@@ -42,9 +42,10 @@ class CapDecDataCollator:
 
     with $\hat x$ the normalised CLIP text embedding, $\epsilon$ = `noise_variance` (std $\sqrt\epsilon$; 0.016 in
     the paper), $o$ the optional `modality_offset`; with `noise_type="uniform"` $n$ is uniform in the ball of
-    radius $\sqrt\epsilon$. `noise_variance=0` and no offset leave the embeddings untouched. With `noise_shape` $A$
-    (`--noise_shape measured`) the Gaussian noise is $nA$, of covariance $\epsilon A^\top A$. The formula is
-    [`inject_noise`]'s. With `modality_map` $(W, b)$ (`--noise_map`) $\hat x$ is first mapped to $\hat x W + b$.
+    radius $\sqrt\epsilon$. `noise_variance=0` and no offset or map leave the embeddings untouched. With
+    `noise_shape` $A$ (`--noise_shape measured`) the Gaussian noise is $nA$, of covariance $\epsilon A^\top A$.
+    With `modality_map` $(W, b)$ (`--noise_map`) $\hat x$ is first mapped to $\hat x W + b$. The formula is
+    [`inject_noise`]'s.
 
     Supervised mode (`mode="supervised"`, the ClipCap reference) passes precomputed CLIP *image* embeddings
     through unchanged.

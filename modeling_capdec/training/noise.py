@@ -166,6 +166,8 @@ def inject_noise(
     check_noise_settings(variance, noise_type)
     if noise_shape is not None:
         check_noise_shape(noise_shape, embeds.shape[-1], noise_type)
+    if modality_map is not None:  # a (dim, k) weight would give k-d embeddings without an error
+        check_modality_map(modality_map, embeds.shape[-1])
     dtype = embeds.dtype
     # Noise in float32: in bf16, sqrt(0.016) * N(0,1) added to entries of size ~1/sqrt(512) loses most bits.
     x = F.normalize(embeds.float(), dim=-1)
