@@ -602,6 +602,45 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         features = self.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
         return self._maybe_normalize(self._features(features), normalize)
 
+    @torch.no_grad()
+    def clip_scores(
+        self,
+        clip_input_ids: torch.Tensor,
+        clip_attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """CLIP's cosine between each image and its candidate captions: `(batch, candidates)`.
+
+        The captions are CLIP-tokenised (`processor.clip_tokenizer`), `candidates` rows per image, one image's
+        after another (as `generate(..., num_return_sequences=candidates)` returns them). Give the images as
+        `pixel_values` or as CLIP `image_embeds` (normalised here). This is what `clip_rerank` of the pipeline
+        ranks candidates by.
+
+        Example:
+
+        ```python
+        >>> captions = ["a red circle", "a blue square"]  # two candidates for one image
+        >>> clip_inputs = processor.clip_tokenizer(captions, padding=True, return_tensors="pt")
+        >>> model.clip_scores(clip_inputs["input_ids"], clip_inputs["attention_mask"], pixel_values=pixel_values)
+        tensor([[0.3102, 0.1274]])
+        ```
+        """
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("clip_scores needs the images as exactly one of pixel_values or image_embeds.")
+        if image_embeds is None:
+            image_embeds = self.get_image_embeds(pixel_values, normalize=True)
+        images = F.normalize(image_embeds.float(), dim=-1)
+        rows, batch = clip_input_ids.shape[0], images.shape[0]
+        if rows == 0 or rows % batch:
+            raise ValueError(
+                f"clip_scores got {rows} captions for {batch} images: give the same number of candidates (>= 1) "
+                "for every image, one image's after another."
+            )
+        texts = self.get_text_embeds(clip_input_ids, clip_attention_mask, normalize=True).float()
+        texts = F.normalize(texts.to(images.device), dim=-1).view(batch, rows // batch, -1)
+        return torch.einsum("bd,bkd->bk", images, texts)
+
     # -- text memory (DeCap's projection) ---------------------------------------------------------------
     def set_text_memory(self, text_embeds: torch.Tensor | None) -> None:
         """Store `text_embeds` `(rows, clip_projection_dim)`, CLIP text embeddings of training captions, as the

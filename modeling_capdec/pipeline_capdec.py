@@ -26,6 +26,11 @@ class CapDecImageToTextPipeline(Pipeline):
     Keyword arguments not listed below go to `model.generate` (`num_beams`, `do_sample`, `top_p`, ...; also
     `project_to_memory=True` and `memory_temperature` for a model with a text memory).
 
+    `clip_rerank=K` (off by default) decodes K candidates per image (beam search with `num_beams=K` unless
+    `num_beams` or `do_sample=True` is given) and keeps the `num_return_sequences` that CLIP finds closest to
+    the image (cosine of the CLIP image and text embeddings, highest first; each result carries it as
+    `clip_score`). The image embedding is the image's own, also with `project_to_memory=True`.
+
     Example:
 
     ```python
@@ -33,6 +38,8 @@ class CapDecImageToTextPipeline(Pipeline):
     >>> captioner = pipeline("image-to-text", model="path/or/hub-id", trust_remote_code=True)
     >>> captioner(["a.jpg", "b.png"], batch_size=8, max_new_tokens=30, num_beams=5)
     [[{'generated_text': 'a dog running on the beach'}], [{'generated_text': 'a cat on a sofa'}]]
+    >>> captioner("a.jpg", clip_rerank=5)
+    [{'generated_text': 'a brown dog running on the beach', 'clip_score': 0.3117}]
     ```
     """
 
@@ -55,6 +62,7 @@ class CapDecImageToTextPipeline(Pipeline):
         prompt: str | None = None,
         timeout: float | None = None,
         on_bad_image: str | None = None,
+        clip_rerank: int | None = None,
         **extra_generate_kwargs,
     ):
         preprocess_params: dict[str, Any] = {}
@@ -75,7 +83,11 @@ class CapDecImageToTextPipeline(Pipeline):
             if "max_new_tokens" in generate_kwargs:
                 raise ValueError("'max_new_tokens' is given twice: as a keyword and in generate_kwargs.")
             generate_kwargs["max_new_tokens"] = max_new_tokens
-        return preprocess_params, {"generate_kwargs": generate_kwargs}, {}
+        forward_params: dict[str, Any] = {"generate_kwargs": generate_kwargs}
+        if clip_rerank is not None:
+            forward_params["keep"] = candidate_generate_kwargs(generate_kwargs, clip_rerank)
+            forward_params["clip_rerank"] = clip_rerank
+        return preprocess_params, forward_params, {}
 
     def __call__(self, images: Any, **kwargs):
         """Caption one image (returns `[{"generated_text": ...}]`) or a list (returns one such list per image)."""
@@ -112,7 +124,13 @@ class CapDecImageToTextPipeline(Pipeline):
         model_inputs["image_error"] = [error]
         return model_inputs
 
-    def _forward(self, model_inputs: dict, generate_kwargs: dict | None = None) -> dict:
+    def _forward(
+        self,
+        model_inputs: dict,
+        generate_kwargs: dict | None = None,
+        clip_rerank: int | None = None,
+        keep: int = 1,
+    ) -> dict:
         model_inputs = dict(model_inputs)
         image_errors = model_inputs.pop("image_error")
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {}, return_dict_in_generate=False)
@@ -123,7 +141,26 @@ class CapDecImageToTextPipeline(Pipeline):
         # captions instead of the next image taking its second one.
         batch_size = model_inputs["pixel_values"].shape[0]
         generated = generated.reshape(batch_size, generated.shape[0] // batch_size, generated.shape[-1])
-        return {"generated_ids": generated, "image_error": image_errors}
+        outputs = {"generated_ids": generated, "image_error": image_errors}
+        if clip_rerank is not None:
+            scores = self._clip_scores(model_inputs["pixel_values"], generated)
+            order = scores.argsort(dim=-1, descending=True, stable=True)[:, :keep]
+            outputs["generated_ids"] = generated.gather(
+                1, order[:, :, None].expand(-1, -1, generated.shape[-1]).to(generated.device)
+            )
+            outputs["clip_scores"] = scores.gather(1, order)
+        return outputs
+
+    def _clip_scores(self, pixel_values: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
+        """CLIP's cosine between each image and each of its decoded candidates, `(batch, candidates)`."""
+        texts = self.processor.batch_decode(generated.reshape(-1, generated.shape[-1]))
+        clip_inputs = self.processor.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        device = self.model.device
+        return self.model.clip_scores(
+            clip_inputs["input_ids"].to(device),
+            clip_inputs["attention_mask"].to(device),
+            pixel_values=pixel_values,
+        ).cpu()
 
     def postprocess(self, model_outputs: dict) -> list[dict[str, str | None]]:
         # Unbatched, the preprocess list itself arrives; batched, Pipeline hands over this image's item.
@@ -134,7 +171,36 @@ class CapDecImageToTextPipeline(Pipeline):
         if error:
             logger.warning("Skipped a bad image: %s", error)
             return [{"generated_text": None, "error": error}]
-        return [{"generated_text": text} for text in self.processor.batch_decode(sequences)]
+        results = [{"generated_text": text} for text in self.processor.batch_decode(sequences)]
+        if "clip_scores" in model_outputs:
+            for result, score in zip(results, model_outputs["clip_scores"].reshape(-1).tolist(), strict=True):
+                result["clip_score"] = score
+        return results
+
+
+def candidate_generate_kwargs(generate_kwargs: dict, clip_rerank: Any) -> int:
+    """Set `generate_kwargs` (in place) to decode `clip_rerank` candidates per image; returns how many of them to
+    keep (the `num_return_sequences` asked for, default 1). Raises `ValueError` naming a setting that cannot give
+    that many candidates."""
+    if isinstance(clip_rerank, bool) or not isinstance(clip_rerank, int) or clip_rerank < 2:
+        raise ValueError(
+            f"clip_rerank is the number of candidates CLIP chooses from, an integer >= 2; got {clip_rerank!r}."
+        )
+    keep = generate_kwargs.get("num_return_sequences") or 1
+    if keep > clip_rerank:
+        raise ValueError(
+            f"num_return_sequences={keep} asks for more captions than the {clip_rerank} candidates of "
+            f"clip_rerank={clip_rerank}."
+        )
+    if not generate_kwargs.get("do_sample", False):
+        num_beams = generate_kwargs.setdefault("num_beams", clip_rerank)
+        if num_beams < clip_rerank:
+            raise ValueError(
+                f"clip_rerank={clip_rerank} needs {clip_rerank} candidates, but beam search with "
+                f"num_beams={num_beams} returns at most {num_beams}: raise num_beams or lower clip_rerank."
+            )
+    generate_kwargs["num_return_sequences"] = clip_rerank
+    return keep
 
 
 __all__ = ["CapDecImageToTextPipeline"]

@@ -112,6 +112,26 @@ def test_demo_smoke_run_completes(tmp_path):
     gallery = Image.open(output / "gallery.png")
     assert gallery.width > 500 and gallery.height > 300
     assert "| nearest caption | test_seen |" in (output / "results.md").read_text()
+    # The reranking study on two trained folders: its greedy rows are the demo's own scores of them.
+    study = subprocess.run(
+        [sys.executable, "-m", "demo.rerank_study", "--world", str(output / "world"), "--candidates", "2"]
+        + ["--runs", str(output / "runs" / "eps_auto"), str(output / "runs" / "eps_0")]
+        + ["--output", str(tmp_path / "rerank.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert study.returncode == 0, study.stdout[-3000:] + study.stderr[-3000:]
+    reranked = json.loads((tmp_path / "rerank.json").read_text())["mean"]
+    assert set(reranked) == {
+        f"{run}, {decoding}"
+        for run in ("eps_auto", "eps_0")
+        for decoding in ("greedy", "beam 2", "clip_rerank 2")
+    }
+    for folder, run in (("eps_auto", "eps=auto"), ("eps_0", "eps=0")):
+        for split, metrics in summary["results"][run].items():
+            assert reranked[f"{folder}, greedy"][split] == pytest.approx(metrics, abs=1e-12), (run, split)
 
 
 def test_results_over_seeds_are_mean_and_sample_std():

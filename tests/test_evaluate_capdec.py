@@ -277,6 +277,7 @@ def test_caption_length_defaults_to_the_models_own():
         ("--num_beams", "-1", "--num_beams must be at least 1, got -1"),
         ("--max_new_tokens", "0", "--max_new_tokens must be at least 1, got 0"),
         ("--max_samples", "0", "--max_samples must be at least 1, got 0"),
+        ("--clip_rerank", "1", "--clip_rerank is a number of candidates, at least 2; got 1"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
@@ -284,6 +285,27 @@ def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
 
     with pytest.raises(ValueError, match=message):
         main(["--model", str(tmp_path), "--eval_file", str(tmp_path / "eval.json"), option, value])
+
+
+def test_clip_rerank_settings():
+    arguments = {"predictions": "p.json", "eval_file": "e.json", "clip_rerank": 3}
+    assert evaluate_capdec.EvaluateArguments(**arguments).generate_kwargs() == {"clip_rerank": 3}
+    wide = evaluate_capdec.EvaluateArguments(**arguments, num_beams=6).generate_kwargs()
+    assert wide == {"num_beams": 6, "clip_rerank": 3}
+    with pytest.raises(ValueError, match="--clip_rerank 3 needs 3 beams, but --num_beams is 2"):
+        evaluate_capdec.EvaluateArguments(**arguments, num_beams=2)
+
+
+def test_caption_images_with_clip_rerank_chooses_as_the_pipeline(model, processor, images):
+    captions = caption_images(model, processor, images, batch_size=3, clip_rerank=4, max_new_tokens=5)
+    captioner = modeling_capdec.CapDecImageToTextPipeline(model=model, processor=processor)
+    assert captions == [
+        out[0]["generated_text"] for out in captioner(images, max_new_tokens=5, clip_rerank=4)
+    ]
+    # not beam search's own best
+    assert captions != caption_images(model, processor, images, num_beams=4, max_new_tokens=5)
+    with pytest.raises(ValueError, match="keeps one caption per image: leave num_return_sequences unset"):
+        caption_images(model, processor, images, clip_rerank=2, num_return_sequences=2)
 
 
 # -- training's eval inputs, dtype and sampling with a tiny saved model (issue 14) ---------------------------------

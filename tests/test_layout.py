@@ -163,6 +163,7 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
         "demo.app",
         "demo.estimate_noise_study",
         "demo.memory_projection_study",
+        "demo.rerank_study",
         "modeling_capdec.commands.estimate_noise",
         "benchmarks.bench_captioning",
         "benchmarks.bench_embedding",

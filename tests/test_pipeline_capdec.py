@@ -1,6 +1,7 @@
 """The saved folder as a user meets it: Auto classes and pipelines, in-process and where the package is absent."""
 
 import json
+import re
 import textwrap
 
 import numpy as np
@@ -39,10 +40,11 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     captioner = pipeline("image-to-text", model=folder, trust_remote_code=True)
     piped = [out[0]["generated_text"] for out in captioner(images, batch_size=3, **generate)]
     inferred = pipeline(model=folder, trust_remote_code=True)
+    reranked = [out[0] for out in captioner(images, batch_size=2, max_new_tokens=5, clip_rerank=4)]
     frozen = not any(p.requires_grad for p in model.clip.parameters())
     print(json.dumps({"direct": direct, "pipeline": piped, "model_class": type(model).__name__,
                       "pipeline_class": type(inferred).__name__, "clip_frozen": frozen,
-                      "module": type(model).__module__}))
+                      "module": type(model).__module__, "reranked": reranked}))
     """
 )
 
@@ -66,6 +68,16 @@ def test_loads_and_captions_where_the_package_is_not_installed(
     assert report["clip_frozen"]
     assert report["direct"] == expected_captions
     assert report["pipeline"] == expected_captions
+    # CLIP reranking through the folder's own copy of the pipeline
+    captioner = CapDecImageToTextPipeline(
+        model=CapDecForConditionalGeneration.from_pretrained(saved_dir),
+        processor=AutoProcessor.from_pretrained(saved_dir),
+    )
+    here = [out[0] for out in captioner(image_files, max_new_tokens=5, clip_rerank=4)]
+    assert [out["generated_text"] for out in report["reranked"]] == [out["generated_text"] for out in here]
+    assert [out["clip_score"] for out in report["reranked"]] == pytest.approx(
+        [out["clip_score"] for out in here], abs=1e-5
+    )
 
 
 def test_image_to_text_pipeline_in_process(saved_dir, image_files, expected_captions, images):
@@ -138,3 +150,98 @@ def test_pipeline_can_skip_bad_images_and_report_them(model, processor, images, 
     assert "no pixels" in outputs[3][0]["error"]
     with pytest.raises(ValueError, match="on_bad_image must be one of"):
         captioner(images, on_bad_image="ignore")
+
+
+def clip_ranked_candidates(model, processor, images, candidates: int) -> list[list[tuple[str, float]]]:
+    """Each image's beam candidates with CLIP's cosine to the image, best first: computed here from the CLIP
+    embeddings, not through the pipeline or `clip_scores`."""
+    pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
+    generate = {"max_new_tokens": 5, "num_beams": candidates, "num_return_sequences": candidates}
+    texts = processor.batch_decode(model.generate(pixel_values=pixel_values, **generate))
+    clip_inputs = processor.clip_tokenizer(texts, padding=True, return_tensors="pt")
+    image_embeds = model.get_image_embeds(pixel_values, normalize=True)
+    text_embeds = model.get_text_embeds(
+        clip_inputs["input_ids"], clip_inputs["attention_mask"], normalize=True
+    )
+    ranked = []
+    for index, image_embed in enumerate(image_embeds):
+        rows = range(index * candidates, (index + 1) * candidates)
+        scored = [(texts[row], float(text_embeds[row] @ image_embed)) for row in rows]
+        ranked.append(sorted(scored, key=lambda pair: -pair[1]))
+    return ranked
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_clip_rerank_keeps_the_candidates_clip_puts_nearest_the_image(model, processor, images, batch_size):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    expected = clip_ranked_candidates(model, processor, images, candidates=4)
+    beam_best = [out[0]["generated_text"] for out in captioner(images, max_new_tokens=5, num_beams=4)]
+    # Not vacuous: on some image CLIP prefers another beam than beam search's own best.
+    assert any(ranked[0][0] != best for ranked, best in zip(expected, beam_best, strict=True))
+    top = captioner(images, batch_size=batch_size, max_new_tokens=5, clip_rerank=4)
+    assert [[out["generated_text"] for out in outs] for outs in top] == [[r[0][0]] for r in expected]
+    every = captioner(images, batch_size=batch_size, max_new_tokens=5, clip_rerank=4, num_return_sequences=4)
+    for outs, ranked in zip(every, expected, strict=True):
+        assert [out["generated_text"] for out in outs] == [text for text, _ in ranked]
+        assert [out["clip_score"] for out in outs] == pytest.approx([score for _, score in ranked], abs=1e-5)
+
+
+def test_clip_rerank_from_samples_and_from_more_beams(model, processor, images):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    sampled = captioner(images, max_new_tokens=5, clip_rerank=4, num_return_sequences=4, do_sample=True)
+    for outs in sampled:
+        scores = [out["clip_score"] for out in outs]
+        assert len(outs) == 4 and scores == sorted(scores, reverse=True)
+    # num_beams above K: CLIP chooses among the K best beams
+    wide = captioner(images[0], max_new_tokens=5, num_beams=4, clip_rerank=2, num_return_sequences=2)
+    ranked = clip_ranked_candidates(model, processor, images[:1], candidates=4)[0]
+    pixel_values = processor(images=images[:1], return_tensors="pt")["pixel_values"]
+    two_best = processor.batch_decode(
+        model.generate(pixel_values=pixel_values, max_new_tokens=5, num_beams=4, num_return_sequences=2)
+    )
+    assert sorted(out["generated_text"] for out in wide) == sorted(two_best)
+    assert wide[0]["clip_score"] == pytest.approx(max(s for t, s in ranked if t in two_best), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"clip_rerank": 1},
+            "clip_rerank is the number of candidates CLIP chooses from, an integer >= 2; got 1",
+        ),
+        ({"clip_rerank": True}, "an integer >= 2; got True"),
+        ({"clip_rerank": "5"}, "an integer >= 2; got '5'"),
+        (
+            {"clip_rerank": 4, "num_beams": 2},
+            "clip_rerank=4 needs 4 candidates, but beam search with num_beams=2",
+        ),
+        (
+            {"clip_rerank": 2, "num_return_sequences": 3},
+            "num_return_sequences=3 asks for more captions than the 2",
+        ),
+    ],
+)
+def test_clip_rerank_refuses_settings_that_cannot_give_its_candidates(
+    model, processor, images, options, message
+):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        captioner(images[0], max_new_tokens=3, **options)
+
+
+def test_clip_scores_checks_its_inputs(model, processor, images):
+    pixel_values = processor(images=images[:2], return_tensors="pt")["pixel_values"]
+    clip_inputs = processor.clip_tokenizer(["a", "b", "c"], padding=True, return_tensors="pt")
+    with pytest.raises(ValueError, match="got 3 captions for 2 images: give the same number of candidates"):
+        model.clip_scores(clip_inputs["input_ids"], clip_inputs["attention_mask"], pixel_values=pixel_values)
+    with pytest.raises(ValueError, match="exactly one of pixel_values or image_embeds"):
+        model.clip_scores(clip_inputs["input_ids"], clip_inputs["attention_mask"])
+    embeds = model.get_image_embeds(pixel_values[:1], normalize=False)
+    scores = model.clip_scores(clip_inputs["input_ids"], clip_inputs["attention_mask"], image_embeds=embeds)
+    assert scores.shape == (1, 3)
+    assert scores == pytest.approx(
+        model.clip_scores(
+            clip_inputs["input_ids"], clip_inputs["attention_mask"], pixel_values=pixel_values[:1]
+        )
+    )

@@ -61,6 +61,13 @@ class EvaluateArguments:
     )
     batch_size: int = field(default=32, metadata={"help": "Images per generate call."})
     num_beams: int = field(default=1, metadata={"help": "Beam width (1: greedy)."})
+    clip_rerank: int | None = field(
+        default=None,
+        metadata={
+            "help": "Decode K candidates per image (beam search with --num_beams K unless set higher, or K samples "
+            "with --do_sample) and keep the one CLIP puts nearest the image."
+        },
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "Longest caption in decoder tokens (the model's own default if not set)."},
@@ -111,6 +118,13 @@ class EvaluateArguments:
             raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}.")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"--temperature must be greater than 0, got {self.temperature}.")
+        if self.clip_rerank is not None and (isinstance(self.clip_rerank, bool) or self.clip_rerank < 2):
+            raise ValueError(f"--clip_rerank is a number of candidates, at least 2; got {self.clip_rerank}.")
+        if self.clip_rerank is not None and 1 < self.num_beams < self.clip_rerank and not self.do_sample:
+            raise ValueError(
+                f"--clip_rerank {self.clip_rerank} needs {self.clip_rerank} beams, but --num_beams is "
+                f"{self.num_beams}: raise --num_beams or leave it out."
+            )
         if self.dtype is not None and self.dtype not in DTYPES:  # a caller that bypasses the parser
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
 
@@ -118,6 +132,10 @@ class EvaluateArguments:
         """What `model.generate` receives for each batch: only the settings given, so that the model's own
         generation defaults (its caption length among them) apply to the rest."""
         kwargs: dict[str, Any] = {"num_beams": self.num_beams}
+        if self.clip_rerank is not None:
+            kwargs["clip_rerank"] = self.clip_rerank
+            if self.num_beams == 1:  # the default: as many beams as candidates
+                kwargs.pop("num_beams")
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
         if self.do_sample:

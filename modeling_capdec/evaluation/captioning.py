@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..pipeline_capdec import candidate_generate_kwargs
 from ..processing_capdec import load_image
 from .eval_sets import ImageId
 
@@ -22,6 +23,7 @@ def caption_images(
     processor: Any,
     images: Sequence[Any],
     batch_size: int = 16,
+    clip_rerank: int | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Caption `images` in batches with a tqdm progress bar; one caption per image, in order.
@@ -32,6 +34,8 @@ def caption_images(
         processor: a `CapDecProcessor` (`processor(images=...)["pixel_values"]`, `batch_decode`).
         images: paths, PIL images or a `datasets` image column; loaded one batch at a time, and an image that
             cannot be read raises `ImageLoadError` naming its index in `images`.
+        clip_rerank: K decodes K candidates per image (`num_beams=K` unless set, or K samples) and keeps the one
+            CLIP finds nearest the image, as the pipeline's `clip_rerank` (`model.clip_scores`).
         generate_kwargs: passed to `model.generate`, e.g. `max_new_tokens=30, num_beams=5`.
 
     Example:
@@ -43,6 +47,10 @@ def caption_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if clip_rerank is not None:
+        generate_kwargs = dict(generate_kwargs)
+        if candidate_generate_kwargs(generate_kwargs, clip_rerank) != 1:
+            raise ValueError("caption_images keeps one caption per image: leave num_return_sequences unset.")
     captions: list[str] = []
     with torch.inference_mode(), tqdm(total=len(images), desc="Captioning", unit="image") as progress:
         for start in range(0, len(images), batch_size):
@@ -54,6 +62,8 @@ def caption_images(
             batch_captions = processor.batch_decode(
                 model.generate(pixel_values=pixel_values, **generate_kwargs)
             )
+            if clip_rerank is not None and len(batch_captions) == clip_rerank * len(batch):
+                batch_captions = _clip_choice(model, processor, pixel_values, batch_captions)
             if len(batch_captions) != len(batch):
                 # e.g. num_return_sequences > 1: captions would land on the wrong images.
                 raise ValueError(
@@ -63,6 +73,18 @@ def caption_images(
             captions.extend(batch_captions)
             progress.update(len(batch))
     return captions
+
+
+def _clip_choice(model: Any, processor: Any, pixel_values: torch.Tensor, candidates: list[str]) -> list[str]:
+    """Of each image's candidates (one image's after another), the one CLIP puts nearest the image."""
+    clip_inputs = processor.clip_tokenizer(candidates, padding=True, truncation=True, return_tensors="pt")
+    scores = model.clip_scores(
+        clip_inputs["input_ids"].to(model.device),
+        clip_inputs["attention_mask"].to(model.device),
+        pixel_values=pixel_values,
+    )
+    per_image = scores.shape[1]
+    return [candidates[row * per_image + best] for row, best in enumerate(scores.argmax(dim=-1).tolist())]
 
 
 def write_coco_results(predictions: Mapping[ImageId, str], path: str | os.PathLike) -> None:
