@@ -100,8 +100,11 @@ def decoding_options(
     top_p: float = 1.0,
     temperature: float = 1.0,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    clip_rerank: bool = False,
 ) -> dict[str, Any]:
-    """`generate` keyword arguments from the page's controls (sampling ones only when sampling).
+    """`generate` keyword arguments from the page's controls (sampling ones only when sampling). With
+    `clip_rerank`, the beams (or samples) are the candidates CLIP chooses from: `clip_rerank` = `num_beams`, which
+    must then be at least 2; `caption_files` hands it to the pipeline.
 
     Example:
 
@@ -110,12 +113,18 @@ def decoding_options(
     {'num_beams': 3, 'max_new_tokens': 20, 'do_sample': False}
     >>> decoding_options(do_sample=True, top_p=0.9)
     {'num_beams': 1, 'max_new_tokens': 67, 'do_sample': True, 'top_p': 0.9, 'temperature': 1.0}
+    >>> decoding_options(num_beams=5, clip_rerank=True)
+    {'num_beams': 5, 'max_new_tokens': 67, 'do_sample': False, 'clip_rerank': 5}
     ```
     """
     options: dict[str, Any] = {"num_beams": int(num_beams), "max_new_tokens": int(max_new_tokens)}
     options["do_sample"] = bool(do_sample)
     if do_sample:
         options.update(top_p=float(top_p), temperature=float(temperature))
+    if clip_rerank:
+        if int(num_beams) < 2:
+            raise ValueError("CLIP reranking chooses among the beams: set Beams to 2 or more.")
+        options["clip_rerank"] = int(num_beams)
     return options
 
 
@@ -135,7 +144,10 @@ def caption_files(captioner: Any, files: Sequence[str], seed: int | None = None,
         from transformers import set_seed
 
         set_seed(int(seed))
-    outputs = captioner(list(files), batch_size=8, generate_kwargs=options)
+    options = dict(options)
+    # A pipeline option, not a generate one.
+    rerank = {"clip_rerank": options.pop("clip_rerank")} if options.get("clip_rerank") else {}
+    outputs = captioner(list(files), batch_size=8, generate_kwargs=options, **rerank)
     return [output[0]["generated_text"] for output in outputs]
 
 
@@ -150,8 +162,11 @@ def build_app(captioner: Any, model_name: str) -> Any:
     """
     import gradio as gr
 
-    def controls_to_options(num_beams, do_sample, top_p, temperature, max_new_tokens):
-        return decoding_options(num_beams, do_sample, top_p, temperature, max_new_tokens)
+    def controls_to_options(num_beams, do_sample, top_p, temperature, max_new_tokens, clip_rerank):
+        try:
+            return decoding_options(num_beams, do_sample, top_p, temperature, max_new_tokens, clip_rerank)
+        except ValueError as error:
+            raise gr.Error(str(error)) from error
 
     def caption_one(image_path, seed, *controls):
         if not image_path:
@@ -175,7 +190,10 @@ def build_app(captioner: Any, model_name: str) -> Any:
             do_sample = gr.Checkbox(value=False, label="Sampling", elem_id="do-sample")
             top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
             temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.1, label="Temperature")
-        controls = [num_beams, do_sample, top_p, temperature, max_new_tokens]
+            clip_rerank = gr.Checkbox(
+                value=False, label="CLIP chooses among the beams (reranking)", elem_id="clip-rerank"
+            )
+        controls = [num_beams, do_sample, top_p, temperature, max_new_tokens, clip_rerank]
         with gr.Tab("One image"):
             image = gr.Image(
                 type="filepath",

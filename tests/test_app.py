@@ -121,6 +121,12 @@ def test_batch_mode_and_decoding_options_caption_as_the_pipeline(saved_dir, imag
     assert caption_files(captioner, image_files, seed=1, **sampling) == caption_files(
         captioner, image_files, seed=1, **sampling
     )
+    # The reranking box: the beams are CLIP's candidates, as the pipeline's clip_rerank
+    reranked = decoding_options(num_beams=4, max_new_tokens=8, clip_rerank=True)
+    expected = [captioner(path, max_new_tokens=8, clip_rerank=4)[0]["generated_text"] for path in image_files]
+    assert caption_files(captioner, image_files, **reranked) == expected
+    with pytest.raises(ValueError, match="CLIP reranking chooses among the beams: set Beams to 2 or more"):
+        decoding_options(num_beams=1, clip_rerank=True)
 
 
 def test_app_errors_say_what_to_do(tmp_path, monkeypatch):
