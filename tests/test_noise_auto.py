@@ -214,6 +214,11 @@ def test_noise_map_trains_on_mapped_captions_and_their_memory_is_mapped(
             "--noise_offset measures the modality offset, --modality_offset_file gives one: choose one",
         ),
         (
+            ["--noise_variance", "auto", "--noise_images", "IMG", "--modality_offset_file", "o.json"],
+            "--noise_variance auto with --modality_offset_file: ε would be measured around the captions without "
+            "the offset that training adds",
+        ),
+        (
             ["--noise_map"],
             "--noise_map fits the modality map on unlabelled images: it needs --noise_variance auto",
         ),

@@ -487,6 +487,14 @@ def check_run_arguments(data_args: Any, training_args: Any, model_args: Any = No
                 "--noise_map replaces the modality offset (the map includes one): drop --noise_offset and "
                 "--modality_offset_file."
             )
+    if auto_noise and training_args.modality_offset_file is not None:
+        # The estimators measure the gap between captions as they are and images; training would close part of it.
+        raise ValueError(
+            "--noise_variance auto with --modality_offset_file: ε would be measured around the captions without "
+            "the offset that training adds, so the noise would also cover the distance the offset closes. Use "
+            "--noise_offset with --noise_images (it measures the offset and ε around the shifted captions), or give "
+            "ε as a number (`capdec-estimate-noise --noise_offset` prints it)."
+        )
     if training_args.noise_shape == "measured":
         if (
             training_args.noise_estimator not in (None, "pseudo_pairs")
