@@ -152,15 +152,8 @@ class CapDecImageToTextPipeline(Pipeline):
         return outputs
 
     def _clip_scores(self, pixel_values: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        """CLIP's cosine between each image and each of its decoded candidates, `(batch, candidates)`."""
         texts = self.processor.batch_decode(generated.reshape(-1, generated.shape[-1]))
-        clip_inputs = self.processor.clip_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        device = self.model.device
-        return self.model.clip_scores(
-            clip_inputs["input_ids"].to(device),
-            clip_inputs["attention_mask"].to(device),
-            pixel_values=pixel_values,
-        ).cpu()
+        return clip_scores_of_captions(self.model, self.processor, pixel_values, texts).cpu()
 
     def postprocess(self, model_outputs: dict) -> list[dict[str, str | None]]:
         # Unbatched, the preprocess list itself arrives; batched, Pipeline hands over this image's item.
@@ -176,6 +169,19 @@ class CapDecImageToTextPipeline(Pipeline):
             for result, score in zip(results, model_outputs["clip_scores"].reshape(-1).tolist(), strict=True):
                 result["clip_score"] = score
         return results
+
+
+def clip_scores_of_captions(
+    model: Any, processor: Any, pixel_values: torch.Tensor, captions: list[str]
+) -> torch.Tensor:
+    """CLIP's cosine between each image and each of its candidate captions (one image's after another), `(batch,
+    candidates)`: the captions CLIP-tokenised by the processor, scored by `model.clip_scores`."""
+    clip_inputs = processor.clip_tokenizer(captions, padding=True, truncation=True, return_tensors="pt")
+    return model.clip_scores(
+        clip_inputs["input_ids"].to(model.device),
+        clip_inputs["attention_mask"].to(model.device),
+        pixel_values=pixel_values,
+    )
 
 
 def candidate_generate_kwargs(generate_kwargs: dict, clip_rerank: Any) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..pipeline_capdec import candidate_generate_kwargs
+from ..pipeline_capdec import candidate_generate_kwargs, clip_scores_of_captions
 from ..processing_capdec import load_image
 from .eval_sets import ImageId
 
@@ -63,7 +63,10 @@ def caption_images(
                 model.generate(pixel_values=pixel_values, **generate_kwargs)
             )
             if clip_rerank is not None and len(batch_captions) == clip_rerank * len(batch):
-                batch_captions = _clip_choice(model, processor, pixel_values, batch_captions)
+                best = clip_scores_of_captions(model, processor, pixel_values, batch_captions).argmax(dim=-1)
+                batch_captions = [
+                    batch_captions[row * clip_rerank + b] for row, b in enumerate(best.tolist())
+                ]
             if len(batch_captions) != len(batch):
                 # e.g. num_return_sequences > 1: captions would land on the wrong images.
                 raise ValueError(
@@ -73,18 +76,6 @@ def caption_images(
             captions.extend(batch_captions)
             progress.update(len(batch))
     return captions
-
-
-def _clip_choice(model: Any, processor: Any, pixel_values: torch.Tensor, candidates: list[str]) -> list[str]:
-    """Of each image's candidates (one image's after another), the one CLIP puts nearest the image."""
-    clip_inputs = processor.clip_tokenizer(candidates, padding=True, truncation=True, return_tensors="pt")
-    scores = model.clip_scores(
-        clip_inputs["input_ids"].to(model.device),
-        clip_inputs["attention_mask"].to(model.device),
-        pixel_values=pixel_values,
-    )
-    per_image = scores.shape[1]
-    return [candidates[row * per_image + best] for row, best in enumerate(scores.argmax(dim=-1).tolist())]
 
 
 def write_coco_results(predictions: Mapping[ImageId, str], path: str | os.PathLike) -> None:
