@@ -84,9 +84,8 @@ class CapDecImageToTextPipeline(Pipeline):
                 raise ValueError("'max_new_tokens' is given twice: as a keyword and in generate_kwargs.")
             generate_kwargs["max_new_tokens"] = max_new_tokens
         forward_params: dict[str, Any] = {"generate_kwargs": generate_kwargs}
-        if clip_rerank is not None:
+        if clip_rerank is not None:  # how many of the candidates to keep: reranking is on
             forward_params["keep"] = candidate_generate_kwargs(generate_kwargs, clip_rerank)
-            forward_params["clip_rerank"] = clip_rerank
         return preprocess_params, forward_params, {}
 
     def __call__(self, images: Any, **kwargs):
@@ -128,8 +127,7 @@ class CapDecImageToTextPipeline(Pipeline):
         self,
         model_inputs: dict,
         generate_kwargs: dict | None = None,
-        clip_rerank: int | None = None,
-        keep: int = 1,
+        keep: int | None = None,
     ) -> dict:
         model_inputs = dict(model_inputs)
         image_errors = model_inputs.pop("image_error")
@@ -142,7 +140,7 @@ class CapDecImageToTextPipeline(Pipeline):
         batch_size = model_inputs["pixel_values"].shape[0]
         generated = generated.reshape(batch_size, generated.shape[0] // batch_size, generated.shape[-1])
         outputs = {"generated_ids": generated, "image_error": image_errors}
-        if clip_rerank is not None:
+        if keep is not None:  # clip_rerank: generate returned the candidates
             scores = self._clip_scores(model_inputs["pixel_values"], generated)
             order = scores.argsort(dim=-1, descending=True, stable=True)[:, :keep]
             outputs["generated_ids"] = generated.gather(
