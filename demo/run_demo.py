@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -41,7 +42,9 @@ TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
-UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
+UNLABELLED_IMAGES = (
+    1000  # train_pairs images saved without their captions, for --noise_variance auto (default)
+)
 MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
 SPLITS = ("test_seen", "test_heldout")
 # Steps per run of the default demo: half the recipe's 2000, which --full trains (measured in the README).
@@ -101,6 +104,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ")",
     )
     parser.add_argument(
+        "--unlabelled_images",
+        type=int,
+        default=UNLABELLED_IMAGES,
+        help=f"train_pairs images, their captions unused, that ε = auto measures on (default {UNLABELLED_IMAGES}; "
+        "all of them: 8000, what the supervised reference trains on with their captions)",
+    )
+    parser.add_argument(
         "--supervised", action="store_true", help="also the supervised reference (implied by --full)"
     )
     parser.add_argument(
@@ -109,6 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="give the auto run a text memory and also caption with projection onto it (implied by --full)",
     )
     args = parser.parse_args(argv)
+    if args.unlabelled_images < 1:
+        parser.error(f"--unlabelled_images must be at least 1, got {args.unlabelled_images}")
     args.supervised = args.supervised or args.full
     args.memory = args.memory or args.full
     if args.noise_levels is None:
@@ -140,19 +152,25 @@ def build_world(folder: Path, smoke: bool, seed: int):
         print(f"reusing {folder}")
         return load_from_disk(str(folder))
     world = build_shapes_world(folder, seed=seed, **sizes)
-    write_unlabelled_images(world, folder / "unlabelled_images")
     marker.write_text(json.dumps({"seed": seed, **sizes}))
     return world
 
 
-def write_unlabelled_images(world, folder: Path) -> Path:
+def write_unlabelled_images(world, folder: Path, count: int) -> int:
     """The target domain's unlabelled images that `--noise_variance auto` compares with the corpus: the first
-    train_pairs images as PNG files, their captions left out (training stays text-only)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    `count` train_pairs images (all of them if fewer) as PNG files, their captions left out (training stays
+    text-only). A folder that already holds exactly those files is kept. Returns the number of images."""
     pairs = world["train_pairs"]
-    for index, image in enumerate(pairs.select(range(min(UNLABELLED_IMAGES, pairs.num_rows)))["image"]):
-        image.save(folder / f"{index:05d}.png")
-    return folder
+    count = min(count, pairs.num_rows)
+    names = [f"{index:05d}.png" for index in range(count)]
+    if folder.is_dir() and sorted(path.name for path in folder.iterdir()) == names:
+        return count
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for name, image in zip(names, pairs.select(range(count))["image"], strict=True):
+        image.save(folder / name)
+    return count
 
 
 # -- 2. the decoder to start from -----------------------------------------------------------------------------
@@ -457,7 +475,13 @@ def run_trainings(
     max_steps = args.max_steps
     noise_levels = args.noise_levels
     auto_arguments = ["--noise_images", str(output_dir / "world" / "unlabelled_images")]
-    auto_arguments += ["--noise_estimator", "pseudo_pairs"]
+    # every unlabelled image (the estimate samples at most 2000 by default)
+    auto_arguments += [
+        "--noise_estimator",
+        "pseudo_pairs",
+        "--noise_estimate_images",
+        str(args.unlabelled_images),
+    ]
     options = {"offset": ["--noise_offset"], "map": ["--noise_map"], "shape": ["--noise_shape", "measured"]}
     # auto+offset etc.: the image arguments of auto (not its memory) and each option's flags
     auto_variants = {
@@ -586,6 +610,10 @@ def main(argv: list[str] | None = None) -> dict:
     world = build_world(output_dir / "world", args.smoke, args.seed)
     for split, data in world.items():
         print(f"  {split}: {data.num_rows} rows")
+    unlabelled = write_unlabelled_images(
+        world, output_dir / "world" / "unlabelled_images", args.unlabelled_images
+    )
+    print(f"  unlabelled images (train_pairs images without their captions): {unlabelled}")
 
     stage("2/5 tiny CLIP and the decoder to start from")
     print(f"  CLIP: {args.clip}")
@@ -634,6 +662,7 @@ def main(argv: list[str] | None = None) -> dict:
         "smoke": args.smoke,
         "full": args.full,
         "max_steps": args.max_steps or "recipe (2000)",
+        "unlabelled_images": unlabelled,
         "clip": args.clip,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))

@@ -25,7 +25,9 @@ def test_demo_smoke_run_completes(tmp_path):
             "auto+offset+shape",
             "auto+map+shape",
             "0",
-        ],  # the default two, two of --full's
+            "--unlabelled_images",
+            "150",
+        ],  # the default two, two of --full's; 150 of the smoke world's 200 train_pairs images
         capture_output=True,
         text=True,
         timeout=900,
@@ -43,7 +45,8 @@ def test_demo_smoke_run_completes(tmp_path):
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]
-    assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 200
+    assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 150
+    assert summary["unlabelled_images"] == 150
     assert summary["auto_noise_variance"]["eps=auto"]["0"] == config["training_noise"]["noise_variance"] > 0
     # ε = auto with --noise_offset: the offset measured on the same images is added in training, and ε is the
     # noise left around the shifted captions, smaller than the plain estimate; --noise_shape measured shapes it
@@ -190,6 +193,13 @@ def test_run_selection_options(capsys):
     chosen = parse_args(["--noise_levels", "auto", "auto+offset", "0.016", "--memory", "--seeds", "3", "4"])
     assert chosen.noise_levels == ["auto", "auto+offset", 0.016] and chosen.memory and not chosen.supervised
     assert chosen.seeds == [3, 4]
+    assert (
+        default.unlabelled_images == 1000
+        and parse_args(["--unlabelled_images", "8000"]).unlabelled_images == 8000
+    )
+    with pytest.raises(SystemExit):
+        parse_args(["--unlabelled_images", "0"])
+    assert "--unlabelled_images must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--noise_levels", "auto", "lots"])
     message = (
@@ -197,3 +207,25 @@ def test_run_selection_options(capsys):
         "auto+map, auto+map+shape"
     )
     assert message in capsys.readouterr().err
+
+
+def test_unlabelled_images_are_the_first_train_pairs_images_and_follow_the_count(tmp_path):
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    from demo.run_demo import write_unlabelled_images
+
+    images = [Image.new("RGB", (4, 4), (index * 40, 0, 0)) for index in range(5)]
+    world = {
+        "train_pairs": Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature()}))
+    }
+    folder = tmp_path / "unlabelled_images"
+    assert write_unlabelled_images(world, folder, 3) == 3
+    assert sorted(path.name for path in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert Image.open(folder / "00002.png").getpixel((0, 0)) == (80, 0, 0)  # the third pair's image
+    (folder / "00000.png").write_bytes(b"")  # kept as it is when the count is the same: not rewritten
+    assert write_unlabelled_images(world, folder, 3) == 3 and (folder / "00000.png").stat().st_size == 0
+    # another count rewrites the folder; more than the pairs hold gives all of them
+    assert write_unlabelled_images(world, folder, 10) == 5
+    assert len(list(folder.iterdir())) == 5 and (folder / "00000.png").stat().st_size > 0
+    assert write_unlabelled_images(world, folder, 2) == 2 and len(list(folder.iterdir())) == 2
