@@ -8,10 +8,12 @@ import shutil
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
 from modeling_capdec.commands.estimate_noise import main as estimate_noise_main
 from modeling_capdec.training.data import load_dataset_source
+from modeling_capdec.training.noise import TRAINING_NOISE_FILE, load_modality_map
 from modeling_capdec.training.noise_estimate import estimate_noise_from_data
 from tests.test_train_capdec import cli, one_thread, parts  # noqa: F401 (fixtures)
 from train_capdec import main
@@ -57,6 +59,9 @@ def test_noise_variance_auto_trains_with_the_estimate_and_records_it(parts, imag
     assert noise["estimate"]["estimator"] == "pseudo_pairs"
     assert noise["estimate"]["num_images"] == 4 and noise["estimate"]["dim"] == 16
     assert trainer.data_collator.noise_variance == noise["noise_variance"]
+    assert not (
+        output_dir / TRAINING_NOISE_FILE
+    ).exists()  # nothing measured beyond ε: nothing beside the weights
     card = ModelCard.load(output_dir / "README.md").text
     assert f"ε = {noise['noise_variance']:g}" in card and "estimated from the data before training" in card
 
@@ -126,6 +131,10 @@ def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folde
         measure_shape=True,
     )
     assert torch.equal(trainer.data_collator.noise_shape, expected.noise_shape)
+    # the shape itself beside the weights (config.json holds its effective rank); no map in this run
+    assert torch.equal(load_file(output_dir / TRAINING_NOISE_FILE)["noise_shape"], expected.noise_shape)
+    assert set(load_file(output_dir / TRAINING_NOISE_FILE)) == {"noise_shape"}
+    assert load_modality_map(output_dir) is None
     noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
     rank = expected.as_record()["noise_shape_effective_rank"]
     assert noise["estimate"]["noise_shape_effective_rank"] == pytest.approx(rank)
@@ -170,18 +179,36 @@ def test_noise_map_trains_on_mapped_captions_and_their_memory_is_mapped(
     )
     assert "around the captions mapped by the measured modality map" in card
 
-    # The memory holds the mapped captions (where the decoder was trained); one cannot be attached without the map.
+    # The map and the shape are saved beside the weights, bit-equal to what the collator drew with.
+    saved = load_file(output_dir / TRAINING_NOISE_FILE)
+    assert set(saved) == {"modality_map.weight", "modality_map.bias", "noise_shape"}
+    assert torch.equal(saved["modality_map.weight"], weight) and torch.equal(saved["modality_map.bias"], bias)
+    assert torch.equal(saved["noise_shape"], trainer.data_collator.noise_shape)
+
+    # The memory holds the mapped captions (where the decoder was trained), built in training or attached later.
     mapped_corpus = torch.nn.functional.normalize(
         torch.nn.functional.normalize(torch.tensor(trainer.train_dataset["clip_embeds"][:]), dim=-1) @ weight
         + bias,
         dim=-1,
     )
     assert (model.text_memory @ mapped_corpus.T).max(dim=-1).values.min() > 1 - 1e-5
+    attached = attach_text_memory(output_dir, corpus["caption"][:], size=4, output_dir=tmp_path / "other")
+    assert attached.text_memory.shape == (4, 16)
+    assert (attached.text_memory @ mapped_corpus.T).max(dim=-1).values.min() > 1 - 1e-5
+    unmapped = torch.nn.functional.normalize(torch.tensor(trainer.train_dataset["clip_embeds"][:]), dim=-1)
+    assert (attached.text_memory @ unmapped.T).max(
+        dim=-1
+    ).values.max() < 0.999  # it was mapped: not the raw rows
+    assert torch.equal(load_modality_map(tmp_path / "other")[0], weight)  # the copy keeps its map
+    # A folder without the file (saved before the map was kept) refuses, rather than build an unmapped memory.
+    shutil.copytree(output_dir, tmp_path / "old")
+    (tmp_path / "old" / TRAINING_NOISE_FILE).unlink()
     with pytest.raises(
-        ValueError, match=r"mapped by a measured modality map \(--noise_map\), which is not saved"
+        ValueError,
+        match=r"mapped by a measured modality map \(--noise_map\), which was not given \(a saved folder",
     ):
-        attach_text_memory(output_dir, ["a red circle"], size=4, output_dir=tmp_path / "other")
-    assert not (tmp_path / "other").exists()
+        attach_text_memory(tmp_path / "old", ["a red circle"], size=4, output_dir=tmp_path / "third")
+    assert not (tmp_path / "third").exists()
 
 
 @pytest.mark.parametrize(

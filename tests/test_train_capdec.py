@@ -465,17 +465,21 @@ def test_a_nan_step_stops_the_run_and_keeps_the_last_good_checkpoint(parts, tmp_
 def test_resume_last_skips_half_written_checkpoints(parts, tmp_path, caplog):
     import shutil
 
+    from modeling_capdec.training.noise import save_training_noise
     from modeling_capdec.training.trainer import checkpoint_to_resume
 
     output_dir = tmp_path / "out"
     main(cli(parts, output_dir, *"--max_steps 2 --save_steps 2".split()))
     good = output_dir / "checkpoint-2"
     # What kill -9 during a save leaves: a folder without trainer_state.json (written last), or with cut files.
-    for step, damage in ((4, "no state"), (6, "cut weights"), (8, "cut optimizer")):
+    for step, damage in ((4, "no state"), (6, "cut weights"), (8, "cut optimizer"), (10, "no weights")):
         broken = output_dir / f"checkpoint-{step}"
         shutil.copytree(good, broken)
         if damage == "no state":
             (broken / "trainer_state.json").unlink()
+        elif damage == "no weights":  # the measured-noise file beside them is not weights
+            (broken / "model.safetensors").unlink()
+            save_training_noise(broken, noise_shape=torch.eye(4))
         else:
             name = "model.safetensors" if damage == "cut weights" else "optimizer.pt"
             data = (broken / name).read_bytes()
@@ -484,6 +488,7 @@ def test_resume_last_skips_half_written_checkpoints(parts, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert checkpoint_to_resume(args) == str(good)
     messages = caplog.text
+    assert "checkpoint-10: no model weights" in messages
     assert "checkpoint-8: optimizer.pt is truncated" in messages
     assert "checkpoint-6: model.safetensors cannot be read" in messages
     assert "checkpoint-4: no trainer_state.json" in messages

@@ -6,7 +6,9 @@ function of `(seed, epoch, example_id)` (`example_noise_generator`), so runs rep
 """
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +17,9 @@ import torch.nn.functional as F
 NOISE_TYPES = ("gaussian", "uniform")
 # The dataset column that names each example for its noise (written by `training.data.prepare_training_dataset`).
 EXAMPLE_ID_COLUMN = "example_id"
+# The measured tensors of a run's noise (`--noise_map`, `--noise_shape measured`), saved beside its weights: too big
+# for config.json, which records only their summary.
+TRAINING_NOISE_FILE = "training_noise.safetensors"
 
 
 def check_noise_settings(variance: float, noise_type: str = "gaussian") -> None:
@@ -215,14 +220,70 @@ def _uniform_ball(
     return direction * radius * u.pow(1.0 / shape[-1])
 
 
+def save_training_noise(
+    folder: str | os.PathLike,
+    modality_map: Sequence[torch.Tensor] | None = None,
+    noise_shape: torch.Tensor | None = None,
+) -> Path | None:
+    """Write the measured noise tensors a run trained with to `folder/training_noise.safetensors`: the modality map
+    as `modality_map.weight` `(dim, dim)` and `modality_map.bias` `(dim,)`, the noise shape as `noise_shape`
+    `(dim, dim)`. Returns the path, or None (nothing written) when there are none.
+
+    Example:
+
+    ```python
+    >>> import tempfile, torch
+    >>> folder = tempfile.mkdtemp()
+    >>> path = save_training_noise(folder, modality_map=(torch.eye(2), torch.zeros(2)))
+    >>> load_modality_map(folder)[0]
+    tensor([[1., 0.],
+            [0., 1.]])
+    ```
+    """
+    from safetensors.torch import save_file
+
+    tensors = {}
+    if modality_map is not None:
+        weight, bias = modality_map
+        tensors["modality_map.weight"], tensors["modality_map.bias"] = weight, bias
+    if noise_shape is not None:
+        tensors["noise_shape"] = noise_shape
+    if not tensors:
+        return None
+    path = Path(folder) / TRAINING_NOISE_FILE
+    save_file(
+        {name: tensor.detach().float().cpu().contiguous() for name, tensor in tensors.items()}, str(path)
+    )
+    return path
+
+
+def load_modality_map(folder: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The modality map `(weight, bias)` a run trained with (`--noise_map`), from the `training_noise.safetensors`
+    of its saved folder; None when the folder has none (no map, or saved before the map was kept)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / TRAINING_NOISE_FILE
+    if not path.is_file():
+        return None
+    tensors = load_file(str(path))
+    if "modality_map.weight" not in tensors:
+        return None
+    modality_map = (tensors["modality_map.weight"], tensors["modality_map.bias"])
+    check_modality_map(modality_map, modality_map[0].shape[-1])
+    return modality_map
+
+
 __all__ = [
     "EXAMPLE_ID_COLUMN",
     "NOISE_TYPES",
+    "TRAINING_NOISE_FILE",
     "check_modality_map",
     "check_noise_settings",
     "check_noise_shape",
     "example_noise_generator",
     "inject_noise",
+    "load_modality_map",
     "sample_noise",
+    "save_training_noise",
     "shape_effective_rank",
 ]

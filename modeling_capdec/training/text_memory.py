@@ -8,12 +8,15 @@ captions left after cleaning) or attached to a saved folder afterwards with `att
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .noise import TRAINING_NOISE_FILE, load_modality_map
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +53,10 @@ def _first_of_each(keys: Sequence[Any]) -> list[int]:
 def _check_map_given(model: Any, modality_map: Any) -> None:
     if (getattr(model.config, "training_noise", None) or {}).get("modality_map") and modality_map is None:
         raise ValueError(
-            "This model was trained on captions mapped by a measured modality map (--noise_map), which is not "
-            "saved with it: a memory of unmapped captions would not lie where its decoder was trained. Build the "
-            "memory in the training run (--text_memory_size N)."
+            "This model was trained on captions mapped by a measured modality map (--noise_map), which was not "
+            f"given (a saved folder keeps it in {TRAINING_NOISE_FILE}; folders saved before it was kept have "
+            "none): a memory of unmapped captions would not lie where its decoder was trained. Build the memory in "
+            "the training run (--text_memory_size N)."
         )
 
 
@@ -62,8 +66,9 @@ def shifted_like_training(
     r"""Memory rows where the decoder was trained: a model trained with a modality offset (`--noise_offset`,
     `--modality_offset_file`; in `config.training_noise`) saw caption embeddings plus that offset, normalised again,
     so its memory holds them shifted the same way (and images are compared with those). A model trained with a
-    modality map (`--noise_map`) saw $\hat t W + b$: the map `(W, b)` is not saved with the model, so its memory is
-    built by the training run, which passes it (`modality_map`); without it this raises. Unchanged otherwise.
+    modality map (`--noise_map`) saw $\hat t W + b$: the map `(W, b)` is not part of the model, so it is passed
+    (`modality_map`: the training run's, or `noise.load_modality_map` of the saved folder); without it this raises.
+    Unchanged otherwise.
 
     Example:
 
@@ -163,7 +168,8 @@ def attach_text_memory(
     """Give a saved CapDec folder a text memory: embed at most `size` distinct `captions` (a seeded sample) with
     the folder's CLIP, store them in the model and save the folder again (to `output_dir`, default in place), so
     that `generate(..., project_to_memory=True)` and the pipeline's `project_to_memory=True` work where it is
-    loaded. Returns the model.
+    loaded. A model trained with `--noise_map` has its captions mapped by the map saved in the folder's
+    `training_noise.safetensors`, as its training mapped them. Returns the model.
 
     Example:
 
@@ -181,11 +187,18 @@ def attach_text_memory(
     model_dir = Path(model_dir)
     model = CapDecForConditionalGeneration.from_pretrained(model_dir)
     processor = CapDecProcessor.from_pretrained(model_dir)
-    model.set_text_memory(text_memory_from_captions(captions, model, processor, size, seed, batch_size))
+    # --noise_map: the memory holds the captions mapped as in training, by the map saved with the folder
+    modality_map = load_modality_map(model_dir)
+    memory = text_memory_from_captions(
+        captions, model, processor, size, seed, batch_size, modality_map=modality_map
+    )
+    model.set_text_memory(memory)
     output_dir = Path(output_dir) if output_dir is not None else model_dir
     model.save_pretrained(output_dir)
     if output_dir != model_dir:
         processor.save_pretrained(output_dir)
+        if (model_dir / TRAINING_NOISE_FILE).is_file():
+            shutil.copyfile(model_dir / TRAINING_NOISE_FILE, output_dir / TRAINING_NOISE_FILE)
     logger.info("Attached a text memory of %d rows to %s.", model.config.text_memory_size, output_dir)
     return model
 

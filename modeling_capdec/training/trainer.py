@@ -27,7 +27,7 @@ from .collator import CapDecDataCollator
 from .data import prepare_training_dataset
 from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
-from .noise import EXAMPLE_ID_COLUMN
+from .noise import EXAMPLE_ID_COLUMN, TRAINING_NOISE_FILE, save_training_noise
 from .noise_estimate import NoiseEstimate, estimate_noise_from_data
 from .streaming import (
     StreamingCaptions,
@@ -259,6 +259,13 @@ class CapDecTrainer(Trainer):
         if self.args.should_save and is_lora_model(model):
             # peft's save_pretrained writes the adapter only; the code travels with it as with a plain save.
             save_lora_code(model, output_dir or self.args.output_dir)
+        collator = self.data_collator
+        if self.args.should_save and isinstance(collator, CapDecDataCollator):
+            # The measured map and noise shape (--noise_map, --noise_shape measured) beside the weights: a memory
+            # attached later maps its captions as training did, and the run's noise can be inspected.
+            save_training_noise(
+                output_dir or self.args.output_dir, collator.modality_map, collator.noise_shape
+            )
 
     def create_model_card(self, **kwargs) -> None:
         if not self.is_world_process_zero():
@@ -522,7 +529,8 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         return "no trainer_state.json (it is written last: the save was interrupted)"
     except (OSError, ValueError) as error:
         return f"trainer_state.json cannot be read ({type(error).__name__}: {error})"
-    if not list(folder.glob("*.safetensors")) and not list(folder.glob("pytorch_model*.bin")):
+    weights = [path for path in folder.glob("*.safetensors") if path.name != TRAINING_NOISE_FILE]
+    if not weights and not list(folder.glob("pytorch_model*.bin")):
         return "no model weights (*.safetensors)"
     from safetensors import safe_open
 
