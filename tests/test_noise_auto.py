@@ -178,6 +178,7 @@ def test_noise_map_trains_on_mapped_captions_and_their_memory_is_mapped(
         "| modality offset | replaced by an affine modality map (t → tW + b) fitted on the unlabelled" in card
     )
     assert "around the captions mapped by the measured modality map" in card
+    assert "applied to every caption embedding in training (W and b in `training_noise.safetensors`)" in card
 
     # The map and the shape are saved beside the weights, bit-equal to what the collator drew with.
     saved = load_file(output_dir / TRAINING_NOISE_FILE)

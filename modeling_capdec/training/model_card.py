@@ -280,7 +280,7 @@ def _offset_description(noise: Mapping[str, Any]) -> str:
             "replaced by an affine modality map (t → tW + b) fitted on the unlabelled images and their "
             "best-matching captions"
             + (f" (ridge {ridge:.3g})" if ridge is not None else "")
-            + ", applied to every caption embedding in training"
+            + ", applied to every caption embedding in training (W and b in `training_noise.safetensors`)"
         )
     if offset is None:
         return "no"
