@@ -412,6 +412,11 @@ class CapDecForConditionalGeneration(CapDecPreTrainedModel, GenerationMixin):
         if self.generation_config.pad_token_id is None and self.generation_config.eos_token_id is not None:
             eos = self.generation_config.eos_token_id
             self.generation_config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        text_config = self.config.get_text_config()
+        if text_config.pad_token_id is None and self.generation_config.pad_token_id is not None:
+            # The processor pads with EOS when the decoder's tokenizer has no pad token (GPT-2); saying so in the
+            # decoder's config as well spares Trainer's "tokenizer has new PAD/BOS/EOS tokens" warning.
+            text_config.pad_token_id = self.generation_config.pad_token_id
         self.post_init()
         self.freeze_frozen_parts()
 

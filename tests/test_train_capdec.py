@@ -585,3 +585,41 @@ def test_recipe_gives_train_file_as_one_string_or_a_list(tmp_path):
     # The command line overrides the recipe's files with its own list.
     _, data_args, _ = parse_arguments([str(recipe), "--use_cpu", "--train_file", "b.jsonl", "c.jsonl"])
     assert data_args.train_source == ["b.jsonl", "c.jsonl"]
+
+
+def test_training_a_decoder_without_a_pad_token_warns_of_no_special_token_change(parts, tmp_path):  # noqa: F811
+    # GPT-2's config has no pad token and the processor pads with EOS; the model's decoder config says so too, so
+    # Trainer finds nothing to realign (its warning would suggest that the tokenizer and the model disagree).
+    import logging
+    import shutil
+
+    decoder = tmp_path / "gpt2"
+    shutil.copytree(parts.gpt2, decoder)
+    config = json.loads((decoder / "config.json").read_text())
+    (decoder / "config.json").write_text(json.dumps({**config, "pad_token_id": None}))  # as gpt2's
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # transformers' loggers do not propagate to the root logger (caplog)
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        logging.getLogger("transformers.trainer_utils").warning(
+            "probe"
+        )  # the warning's logger reaches the handler
+        assert [record.getMessage() for record in records] == ["probe"]
+        trainer = main(
+            cli(
+                parts,
+                tmp_path / "out",
+                *"--max_steps 1 --save_strategy no --decoder_model".split(),
+                str(decoder),
+            )
+        )
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not [record for record in records if "has new PAD/BOS/EOS tokens" in record.getMessage()]
+    decoder_config = trainer.model.config.get_text_config()
+    assert (
+        decoder_config.pad_token_id
+        == trainer.processing_class.tokenizer.pad_token_id
+        == decoder_config.eos_token_id
+    )
