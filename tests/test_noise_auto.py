@@ -120,8 +120,15 @@ def test_noise_offset_trains_with_the_offset_and_the_noise_left_around_it(
 def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folder, tmp_path):  # noqa: F811
     output_dir = tmp_path / "out"
     trainer, model, processor = train_with_measured_noise(
-        parts, image_folder, output_dir, "--noise_offset", "--noise_shape", "measured"
-    )
+        parts,
+        image_folder,
+        output_dir,
+        "--noise_offset",
+        "--noise_shape",
+        "measured",
+        "--save_strategy",
+        "steps",
+    )  # and a checkpoint at step 2 (--save_steps defaults to 500: the last step saves too)
     expected = estimate_noise_from_data(
         model,
         processor,
@@ -134,6 +141,8 @@ def test_noise_shape_measured_trains_with_the_residuals_shape(parts, image_folde
     # the shape itself beside the weights (config.json holds its effective rank); no map in this run
     assert torch.equal(load_file(output_dir / TRAINING_NOISE_FILE)["noise_shape"], expected.noise_shape)
     assert set(load_file(output_dir / TRAINING_NOISE_FILE)) == {"noise_shape"}
+    checkpoint_shape = load_file(output_dir / "checkpoint-2" / TRAINING_NOISE_FILE)["noise_shape"]
+    assert torch.equal(checkpoint_shape, expected.noise_shape)  # each checkpoint keeps it too
     assert load_modality_map(output_dir) is None
     noise = json.loads((output_dir / "config.json").read_text())["training_noise"]
     rank = expected.as_record()["noise_shape_effective_rank"]
