@@ -31,6 +31,7 @@ from modeling_capdec.training.lora import lora_from_arguments, merge_after_run
 from modeling_capdec.training.trainer import (
     CapDecNoiseCallback,
     CapDecTrainer,
+    check_resumed_noise,
     check_run_arguments,
     checkpoint_to_resume,
     collator_for_run,
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     corpus = load_dataset_source(data_args.train_source, **data_args.source_kwargs())
     noise_estimate = estimate_noise_for_run(model, processor, corpus, data_args, training_args)
     collator = collator_for_run(processor, model, data_args, training_args, noise_estimate)
+    # A resumed run measures its noise again: the checkpoint's, or an error.
+    check_resumed_noise(collator, noise_estimate, resume_from_checkpoint)
 
     # 2. Data: cleaned, tokenised and embedded once (cached on disk), or with --streaming as training reads it.
     train_dataset, cleaning = training_corpus(corpus, model, processor, data_args, training_args)

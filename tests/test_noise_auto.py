@@ -385,3 +385,38 @@ def test_estimate_noise_command_reports_every_applicable_estimator(parts, image_
     )
     assert first.endswith(f"4 images, captions mapped by the measured modality map (ridge {ridge:.3g}))")
     assert estimates[1].modality_map is None and estimates[1].estimator == "pseudo_pairs"
+
+
+def test_resuming_measures_the_noise_again_and_refuses_other_noise(parts, image_folder, tmp_path):  # noqa: F811
+    flags = ["--noise_map", "--noise_shape", "measured", "--save_strategy", "steps"]
+    train_with_measured_noise(parts, image_folder, tmp_path / "out", *flags)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    assert (checkpoint / TRAINING_NOISE_FILE).is_file()
+
+    def resume(output_dir, images, *extra):
+        return main(
+            cli(parts, output_dir, "--max_steps", "3", "--save_strategy", "no", "--noise_variance", "auto")
+            + ["--noise_images", str(images), *extra, "--resume_from_checkpoint", str(checkpoint)]
+        )
+
+    # The same corpus and images: the same noise, measured again, and the run goes on.
+    assert resume(tmp_path / "same", image_folder, *flags[:3]).state.global_step == 3
+    # Fewer images since: another map, shape and ε; the run stops before training, naming them.
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    for path in sorted(image_folder.iterdir())[:3]:
+        shutil.copy(path, fewer / path.name)
+    with pytest.raises(
+        ValueError, match=r"Cannot resume from .*checkpoint-2: the noise measured now"
+    ) as error:
+        resume(tmp_path / "other", fewer, *flags[:3])
+    message = str(error.value)
+    assert "modality_map.weight (training_noise.safetensors)" in message and "noise_shape" in message
+    assert re.search(r"ε \S+ now, \S+ in the checkpoint", message)
+    assert "--noise_images or a --noise_* flag changed" in message
+    assert not (tmp_path / "other" / "model.safetensors").exists()
+    # A checkpoint written before the tensors were kept: its config still tells a dropped --noise_shape.
+    (checkpoint / TRAINING_NOISE_FILE).unlink()
+    assert resume(tmp_path / "old", image_folder, *flags[:3]).state.global_step == 3
+    with pytest.raises(ValueError, match=r"noise_shape_effective_rank None now, [\d.]+ in the checkpoint"):
+        resume(tmp_path / "old2", image_folder, "--noise_map")

@@ -634,6 +634,63 @@ def estimate_noise_for_run(
     return estimate
 
 
+def check_resumed_noise(
+    collator: CapDecDataCollator, noise_estimate: NoiseEstimate | None, checkpoint: str | None
+) -> None:
+    """`--noise_variance auto` with `--resume_from_checkpoint`: the noise is measured again before training, and
+    must be the one the checkpoint trained with (ε, the modality offset in its `config.json`; the map and noise
+    shape in its `training_noise.safetensors`). If the corpus or `--noise_images` changed since, the rest of the run
+    would silently train with other noise: this raises, naming what differs. Nothing is checked otherwise.
+    """
+    if checkpoint is None or noise_estimate is None:
+        return
+    checkpoint = Path(checkpoint)
+    differences = []
+    config_path = checkpoint / "config.json"  # absent from a LoRA checkpoint, which holds the adapters only
+    saved = json.loads(config_path.read_text()).get("training_noise") or {} if config_path.is_file() else {}
+    if "noise_variance" in saved and not math.isclose(
+        saved["noise_variance"], collator.noise_variance, rel_tol=1e-4
+    ):
+        differences.append(
+            f"ε {collator.noise_variance:.6g} now, {saved['noise_variance']:.6g} in the checkpoint"
+        )
+    if "modality_offset" in saved:
+        offset_then, offset_now = saved["modality_offset"], collator.modality_offset
+        if (offset_then is None) != (offset_now is None) or (
+            offset_now is not None
+            and not torch.allclose(torch.tensor(offset_now), torch.tensor(offset_then), atol=1e-6)
+        ):
+            differences.append("the modality offset")
+    noise_file = checkpoint / TRAINING_NOISE_FILE
+    if noise_file.is_file():
+        from safetensors.torch import load_file
+
+        tensors_then = load_file(str(noise_file))
+        weight, bias = collator.modality_map if collator.modality_map is not None else (None, None)
+        tensors_now = {
+            "modality_map.weight": weight,
+            "modality_map.bias": bias,
+            "noise_shape": collator.noise_shape,
+        }
+        for name, tensor in tensors_now.items():
+            if (tensor is None) != (name not in tensors_then) or (
+                tensor is not None
+                and not torch.allclose(tensor.float(), tensors_then[name], rtol=1e-4, atol=1e-6)
+            ):
+                differences.append(f"{name} ({TRAINING_NOISE_FILE})")
+    else:  # a checkpoint written before the tensors were saved: what its config records of them
+        settings_now = collator.settings()
+        for name in ("modality_map", "noise_shape_effective_rank"):
+            if name in saved and saved[name] != settings_now[name]:
+                differences.append(f"{name} {settings_now[name]} now, {saved[name]} in the checkpoint")
+    if differences:
+        raise ValueError(
+            f"Cannot resume from {checkpoint}: the noise measured now (--noise_variance auto) is not the one it "
+            f"trained with: {'; '.join(differences)}. The corpus, --noise_images or a --noise_* flag changed since "
+            "the checkpoint was written: restore them to resume, or start a new run (another --output_dir)."
+        )
+
+
 def collator_for_run(
     processor: Any,
     model: Any,
@@ -795,6 +852,7 @@ __all__ = [
     "attach_memory_for_run",
     "CapDecNoiseCallback",
     "CapDecTrainer",
+    "check_resumed_noise",
     "collator_for_run",
     "estimate_noise_for_run",
     "noise_estimate_inputs",
