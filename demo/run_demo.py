@@ -42,9 +42,7 @@ TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
-UNLABELLED_IMAGES = (
-    1000  # train_pairs images saved without their captions, for --noise_variance auto (default)
-)
+UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
 MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
 SPLITS = ("test_seen", "test_heldout")
 # Steps per run of the default demo: half the recipe's 2000, which --full trains (measured in the README).

@@ -242,19 +242,25 @@ def save_training_noise(
     """
     from safetensors.torch import save_file
 
-    tensors = {}
-    if modality_map is not None:
-        weight, bias = modality_map
-        tensors["modality_map.weight"], tensors["modality_map.bias"] = weight, bias
-    if noise_shape is not None:
-        tensors["noise_shape"] = noise_shape
+    tensors = training_noise_tensors(modality_map, noise_shape)
     if not tensors:
         return None
     path = Path(folder) / TRAINING_NOISE_FILE
-    save_file(
-        {name: tensor.detach().float().cpu().contiguous() for name, tensor in tensors.items()}, str(path)
-    )
+    save_file(tensors, str(path))
     return path
+
+
+def training_noise_tensors(
+    modality_map: Sequence[torch.Tensor] | None = None, noise_shape: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of `training_noise.safetensors` by name (float32, CPU), only those given: what
+    `save_training_noise` writes and a resumed run compares with the file."""
+    tensors = {}
+    if modality_map is not None:
+        tensors["modality_map.weight"], tensors["modality_map.bias"] = modality_map
+    if noise_shape is not None:
+        tensors["noise_shape"] = noise_shape
+    return {name: tensor.detach().float().cpu().contiguous() for name, tensor in tensors.items()}
 
 
 def load_modality_map(folder: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -286,4 +292,5 @@ __all__ = [
     "sample_noise",
     "save_training_noise",
     "shape_effective_rank",
+    "training_noise_tensors",
 ]

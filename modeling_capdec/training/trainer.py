@@ -27,7 +27,7 @@ from .collator import CapDecDataCollator
 from .data import prepare_training_dataset
 from .lora import is_lora_model, save_lora_code
 from .model_card import MODEL_CARD_TEMPLATE, model_card_fields, render_model_card
-from .noise import EXAMPLE_ID_COLUMN, TRAINING_NOISE_FILE, save_training_noise
+from .noise import EXAMPLE_ID_COLUMN, TRAINING_NOISE_FILE, save_training_noise, training_noise_tensors
 from .noise_estimate import NoiseEstimate, estimate_noise_from_data
 from .streaming import (
     StreamingCaptions,
@@ -647,7 +647,9 @@ def check_resumed_noise(
     checkpoint = Path(checkpoint)
     differences = []
     config_path = checkpoint / "config.json"  # absent from a LoRA checkpoint, which holds the adapters only
-    saved = json.loads(config_path.read_text()).get("training_noise") or {} if config_path.is_file() else {}
+    saved = {}
+    if config_path.is_file():
+        saved = json.loads(config_path.read_text()).get("training_noise") or {}
     if "noise_variance" in saved and not math.isclose(
         saved["noise_variance"], collator.noise_variance, rel_tol=1e-4
     ):
@@ -665,17 +667,13 @@ def check_resumed_noise(
     if noise_file.is_file():
         from safetensors.torch import load_file
 
-        tensors_then = load_file(str(noise_file))
-        weight, bias = collator.modality_map if collator.modality_map is not None else (None, None)
-        tensors_now = {
-            "modality_map.weight": weight,
-            "modality_map.bias": bias,
-            "noise_shape": collator.noise_shape,
-        }
-        for name, tensor in tensors_now.items():
-            if (tensor is None) != (name not in tensors_then) or (
-                tensor is not None
-                and not torch.allclose(tensor.float(), tensors_then[name], rtol=1e-4, atol=1e-6)
+        then = load_file(str(noise_file))
+        now = training_noise_tensors(collator.modality_map, collator.noise_shape)
+        for name in sorted(set(then) | set(now)):
+            if (
+                name not in then
+                or name not in now
+                or not torch.allclose(now[name], then[name], rtol=1e-4, atol=1e-6)
             ):
                 differences.append(f"{name} ({TRAINING_NOISE_FILE})")
     else:  # a checkpoint written before the tensors were saved: what its config records of them
