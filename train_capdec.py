@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> CapDecTrainer:
     finish_run(trainer, result, model_args, data_args, cleaning, eval_set)
     if model_args.merge_lora and training_args.should_save:
         merge_after_run(trainer, processor, training_args.output_dir)
+    # Under `accelerate launch`, close the process group: a gloo group left to interpreter shutdown can abort a
+    # finished process (SIGABRT, "terminate called without an active exception"). A no-op in one process.
+    trainer.end()
     return trainer
 
 

@@ -286,6 +286,7 @@ def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_
     recorder = tmp_path / "record.py"
     recorder.write_text(
         "import json, os, sys\n"
+        "import torch\n"
         "import train_capdec\n"
         "from modeling_capdec.training.collator import CapDecDataCollator\n"
         "collate, seen = CapDecDataCollator.__call__, []\n"
@@ -298,6 +299,8 @@ def test_two_processes_read_the_stream_and_train_on_disjoint_batches(parts, tmp_
         # One file per process: both share stdout, where their lines can interleave.
         f"with open({str(tmp_path)!r} + '/ids-' + os.environ['RANK'] + '.json', 'w') as f:\n"
         "    json.dump(seen, f)\n"
+        # main() closes the process group: one left to interpreter shutdown can abort the process (SIGABRT).
+        "assert not torch.distributed.is_initialized(), 'the process group is still open after main()'\n"
     )
     output_dir = tmp_path / "ddp"
     accelerate = str(Path(sys.executable).parent / "accelerate")
