@@ -13,7 +13,8 @@
    training (`--noise_offset`), with the noise also shaped like the measured residuals (`--noise_shape
    measured`), and with the captions mapped by the measured modality map instead of the offset (`--noise_map`,
    shaped noise), the sweep, the paper's 0.016, the supervised reference, and the auto run captioned with
-   projection onto its text memory.
+   projection onto its text memory. With --self_train each ε = auto run then captions the unlabelled images
+   itself (`processing/pseudo_captions.py`) and trains on them once more (`configuration/shapes_self_train.json`).
 4. Caption the test images with `pipeline("image-to-text", trust_remote_code=True)`, score them with the COCO
    caption toolkit (`modeling_capdec.evaluation.metrics`), and compare with a no-decoder baseline that returns the
    nearest training caption by CLIP similarity.
@@ -41,6 +42,10 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
+SELF_TRAIN_RECIPE = REPO / "configuration" / "shapes_self_train.json"
+SELF_TRAIN_RERANK = (
+    5  # --self_train: beams per unlabelled image, of which CLIP keeps the nearest as its caption
+)
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
 UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
 MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
@@ -110,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--supervised", action="store_true", help="also the supervised reference (implied by --full)"
+    )
+    parser.add_argument(
+        "--self_train",
+        action="store_true",
+        help="after training, each ε = auto run captions the unlabelled images (CLIP rerank of "
+        f"{SELF_TRAIN_RERANK} beams) and continues on those pairs in supervised mode "
+        "(configuration/shapes_self_train.json): one round of self-training, no human caption of an image used",
     )
     parser.add_argument(
         "--memory",
@@ -459,6 +471,9 @@ AUTO_SHAPE = "auto+offset+shape"
 AUTO_MAP_SHAPE = "auto+map+shape"
 AUTO_LEVELS = ("auto", AUTO_OFFSET, "auto+shape", AUTO_SHAPE, "auto+map", AUTO_MAP_SHAPE)
 MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
+SELF_TRAINED = (
+    " + self-trained"  # --self_train: an auto run after a round of self-training on its own captions
+)
 
 
 def run_name(eps: float | str) -> str:
@@ -516,6 +531,53 @@ def run_trainings(
     return run_dirs, durations
 
 
+def run_self_training(
+    args: argparse.Namespace, output_dir: Path, run_dirs: dict[str, dict[int, Path]]
+) -> tuple[dict[str, dict[int, Path]], dict]:
+    """Stage 3b (--self_train): each ε = auto run captions the unlabelled images (`processing.pseudo_captions`,
+    CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on those (image, own caption)
+    pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`. Returns the new runs'
+    folders by seed and the wall time of each training."""
+    from processing.io_utils import save_dataset
+    from processing.pseudo_captions import pseudo_captions
+
+    unlabelled = output_dir / "world" / "unlabelled_images"
+    several = len(args.seeds) > 1
+    self_dirs: dict[str, dict[int, Path]] = {}
+    runs: dict[str, list[str]] = {}
+    for name in map(run_name, AUTO_LEVELS):
+        for seed, model_dir in run_dirs.get(name, {}).items():
+            corpus_file = output_dir / "pseudo_captions" / f"{model_dir.name}.jsonl"
+            corpus = pseudo_captions(
+                str(model_dir), unlabelled, clip_rerank=SELF_TRAIN_RERANK, max_new_tokens=24
+            )
+            save_dataset(corpus, None, str(corpus_file))
+            run_dir = model_dir.with_name(f"{model_dir.name}_self_trained")
+            self_dirs.setdefault(name + SELF_TRAINED, {})[seed] = run_dir
+            arguments = [
+                str(SELF_TRAIN_RECIPE),
+                "--init_from",
+                str(model_dir),
+                "--train_file",
+                str(corpus_file),
+            ]
+            arguments += [
+                "--output_dir",
+                str(run_dir),
+                "--seed",
+                str(seed),
+                "--cache_dir",
+                str(output_dir / "cache"),
+            ]
+            runs[f"{name}{SELF_TRAINED} seed {seed}" if several else name + SELF_TRAINED] = arguments + (
+                ["--max_steps", str(args.max_steps)] if args.smoke else []
+            )
+    durations = train_runs(runs, args.jobs, output_dir)
+    for name, seconds in durations.items():
+        print(f"  {name}: {seconds:.0f} s")
+    return self_dirs, durations
+
+
 def caption_and_score(
     world, run_dirs: dict[str, dict[int, Path]], clip: Path, images: dict[str, list]
 ) -> tuple[dict, dict]:
@@ -566,7 +628,8 @@ def report(
     print()
     sweep = {name: value for name, value in seen.items() if name in {run_name(eps) for eps in SWEEP}}
     best_sweep = max(sweep, key=sweep.get) if len(sweep) > 1 else None
-    for run in (*map(run_name, AUTO_LEVELS), "eps=0.016", MEMORY_RUN):
+    auto_runs = [run_name(eps) + suffix for suffix in ("", SELF_TRAINED) for eps in AUTO_LEVELS]
+    for run in (*auto_runs, "eps=0.016", MEMORY_RUN):
         for baseline in ("eps=0", best_sweep, "supervised", "nearest caption"):
             if run in seen and baseline in seen and baseline != run and seen[baseline] > 0:
                 print(f"CIDEr test_seen, {run} / {baseline}: {seen[run] / seen[baseline]:.3f}×")
@@ -626,6 +689,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage(f"3/5 text-only training (train_capdec.py), seeds {' '.join(map(str, args.seeds))}")
     run_dirs, durations = run_trainings(args, output_dir, decoder_inits)
+    if args.self_train:
+        stage("3b/5 self-training: each ε = auto run captions the unlabelled images and trains on them")
+        self_dirs, self_durations = run_self_training(args, output_dir, run_dirs)
+        run_dirs, durations = {**run_dirs, **self_dirs}, {**durations, **self_durations}
 
     auto_noise = {
         run: {
@@ -661,6 +728,7 @@ def main(argv: list[str] | None = None) -> dict:
         "full": args.full,
         "max_steps": args.max_steps or "recipe (2000)",
         "unlabelled_images": unlabelled,
+        "self_train": args.self_train,
         "clip": args.clip,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))

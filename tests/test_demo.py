@@ -27,7 +27,8 @@ def test_demo_smoke_run_completes(tmp_path):
             "0",
             "--unlabelled_images",
             "150",
-        ],  # the default two, two of --full's; 150 of the smoke world's 200 train_pairs images
+            "--self_train",
+        ],  # the default two, two of --full's; 150 of the smoke world's 200 train_pairs images; self-training
         capture_output=True,
         text=True,
         timeout=900,
@@ -41,7 +42,25 @@ def test_demo_smoke_run_completes(tmp_path):
         "eps=auto+map+shape",
         "eps=0",
         "nearest caption",
+        "eps=auto + self-trained",
+        "eps=auto+offset+shape + self-trained",
+        "eps=auto+map+shape + self-trained",
     }
+    # --self_train: each auto run captioned the 150 unlabelled images, and a copy of it trained on those pairs
+    assert summary["self_train"] is True
+    unlabelled = sorted(str(p.resolve()) for p in (output / "world" / "unlabelled_images").iterdir())
+    for folder in ("eps_auto", "eps_auto_offset_shape", "eps_auto_map_shape"):
+        rows = [
+            json.loads(line)
+            for line in (output / "pseudo_captions" / f"{folder}.jsonl").read_text().splitlines()
+        ]
+        assert [row["image"] for row in rows] == unlabelled and all(
+            isinstance(row["caption"], str) for row in rows
+        )
+        self_trained = output / "runs" / f"{folder}_self_trained"
+        assert "supervised on CLIP image embeddings" in (self_trained / "README.md").read_text()
+        state = json.loads((self_trained / "trainer_state.json").read_text())
+        assert state["global_step"] == 5
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]

@@ -1,0 +1,115 @@
+"""Unlabelled images captioned by a trained CapDec model -> a corpus for one round of self-training.
+
+Text-only training never shows the decoder an image embedding: the noise only approximates where images land.
+Where the target domain's unlabelled images are at hand (the ones ``--noise_images`` measures the noise on), one
+round of self-training lets the decoder see them: caption each image with the text-only model (CLIP-reranked
+beam search by default: K beams, the caption CLIP finds nearest the image), then continue training on those
+(image, own caption) pairs in supervised mode. No human caption of an image is used at any point.
+
+CLI::
+
+    python -m processing.pseudo_captions --model out --images unlabelled/ --output_jsonl pseudo.jsonl
+    capdec-train --mode supervised --init_from out --train_file pseudo.jsonl --image_column image \\
+        --learning_rate 5e-4 --warmup_steps 50 --max_steps 1000 --output_dir out-self-trained
+
+Each jsonl row is ``{"image": "<absolute path>", "caption": "..."}``. An image that cannot be read stops the run
+with an error naming its file.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import HfArgumentParser
+
+from processing.io_utils import OutputArguments, save_dataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PseudoCaptionArguments:
+    model: str = field(metadata={"help": "A trained CapDec folder (or Hub name) that captions the images."})
+    images: str = field(metadata={"help": "A folder of unlabelled images (searched recursively, by suffix)."})
+    clip_rerank: int = field(
+        default=5,
+        metadata={
+            "help": "Beams per image, of which CLIP keeps the nearest to the image; 1: greedy decoding."
+        },
+    )
+    max_images: int | None = field(
+        default=None, metadata={"help": "Caption a seeded sample of this many images (default: all)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images per generate call."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Longest caption, in decoder tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed of the --max_images sample."})
+
+    def __post_init__(self) -> None:
+        if self.clip_rerank < 1:
+            raise ValueError(f"--clip_rerank must be at least 1 (1: greedy), got {self.clip_rerank}.")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
+
+
+def pseudo_captions(
+    model: str,
+    images: str | Path,
+    clip_rerank: int = 5,
+    max_images: int | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+) -> Dataset:
+    """Caption every image of the folder `images` with the CapDec model `model`; one row per image, columns
+    `image` (the absolute path) and `caption`.
+
+    Example:
+        >>> corpus = pseudo_captions("outputs/capdec-coco", "unlabelled/")  # doctest: +SKIP
+        >>> corpus[0]  # doctest: +SKIP
+        {'image': '/data/unlabelled/0001.jpg', 'caption': 'a dog runs on the beach'}
+    """
+    from modeling_capdec import CapDecForConditionalGeneration, CapDecProcessor
+    from modeling_capdec.evaluation.captioning import caption_images
+    from modeling_capdec.training.noise_estimate import image_folder_files
+
+    files = [str(path.resolve()) for path in image_folder_files(images, max_images, seed)]
+    captioner = CapDecForConditionalGeneration.from_pretrained(model).eval()
+    processor = CapDecProcessor.from_pretrained(model)
+    decoding = {"clip_rerank": clip_rerank} if clip_rerank > 1 else {}
+    captions = caption_images(
+        captioner, processor, files, batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding
+    )
+    logger.info(
+        "Captioned %d images of %s with %s (%s).",
+        len(files),
+        images,
+        model,
+        f"CLIP rerank of {clip_rerank} beams" if decoding else "greedy",
+    )
+    return Dataset.from_dict({"image": files, "caption": captions})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; ``argv`` defaults to ``sys.argv[1:]``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, output = HfArgumentParser((PseudoCaptionArguments, OutputArguments)).parse_args_into_dataclasses(
+        args=argv
+    )
+    corpus = pseudo_captions(
+        args.model,
+        args.images,
+        args.clip_rerank,
+        args.max_images,
+        args.batch_size,
+        args.max_new_tokens,
+        args.seed,
+    )
+    save_dataset(corpus, output.output_dir, output.output_jsonl)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
