@@ -53,6 +53,15 @@ SPLITS = ("test_seen", "test_heldout")
 # Steps per run of the default demo: half the recipe's 2000, which --full trains (measured in the README).
 QUICK_STEPS = 1000
 METRICS = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+# The commands the demo runs (training, self-training's captioning): one thread each, offline.
+TRAINING_ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+    "HF_HUB_OFFLINE": "1",
+}
 
 
 def noise_level(parser: argparse.ArgumentParser, value: str) -> float | str:
@@ -210,17 +219,20 @@ def build_decoder_init(folder: Path, captions: list[str], seed: int) -> Path:
 
 
 # -- 3. training ----------------------------------------------------------------------------------------------
+def run_command(arguments: list[str], log: Path) -> None:
+    """Run `python ARGUMENTS` from the repository root as a user would, its output in `log`; a failure stops the
+    demo with the log's end."""
+    with log.open("w") as handle:
+        result = subprocess.run(
+            [sys.executable, *arguments], stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=TRAINING_ENV
+        )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments[:2])} failed (log: {log}):\n{log.read_text()[-3000:]}")
+
+
 def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[str, float]:
     """Run `train_capdec.py` once per entry, `jobs` at a time with one thread each, and show one progress bar
     per run (read from each run's log). Returns the wall time of each run."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        "HF_HUB_OFFLINE": "1",
-    }
     pending = list(runs.items())
     active: dict[str, tuple[subprocess.Popen, Path, RunProgress, float]] = {}
     durations: dict[str, float] = {}
@@ -234,7 +246,7 @@ def train_runs(runs: dict[str, list[str]], jobs: int, output_dir: Path) -> dict[
                 [sys.executable, str(REPO / "train_capdec.py"), *arguments],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=TRAINING_ENV,
                 cwd=REPO,
             )
             bar = RunProgress(f"train {name}", position)
@@ -538,9 +550,6 @@ def run_self_training(
     CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on those (image, own caption)
     pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`. Returns the new runs'
     folders by seed and the wall time of each training."""
-    from processing.io_utils import save_dataset
-    from processing.pseudo_captions import pseudo_captions
-
     unlabelled = output_dir / "world" / "unlabelled_images"
     several = len(args.seeds) > 1
     self_dirs: dict[str, dict[int, Path]] = {}
@@ -548,10 +557,18 @@ def run_self_training(
     for name in map(run_name, AUTO_LEVELS):
         for seed, model_dir in run_dirs.get(name, {}).items():
             corpus_file = output_dir / "pseudo_captions" / f"{model_dir.name}.jsonl"
-            corpus = pseudo_captions(
-                str(model_dir), unlabelled, clip_rerank=SELF_TRAIN_RERANK, max_new_tokens=24
+            command = [
+                "-m",
+                "processing.pseudo_captions",
+                "--model",
+                str(model_dir),
+                "--images",
+                str(unlabelled),
+            ]
+            command += ["--clip_rerank", str(SELF_TRAIN_RERANK), "--max_new_tokens", "24"]
+            run_command(
+                [*command, "--output_jsonl", str(corpus_file)], output_dir / f"pseudo_{model_dir.name}.log"
             )
-            save_dataset(corpus, None, str(corpus_file))
             run_dir = model_dir.with_name(f"{model_dir.name}_self_trained")
             self_dirs.setdefault(name + SELF_TRAINED, {})[seed] = run_dir
             arguments = [

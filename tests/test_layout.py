@@ -157,6 +157,7 @@ def test_installed_package_holds_its_data_and_the_packaged_metric_loads(installe
         "processing.flickrstyle",
         "processing.text_corpus",
         "processing.gender_balance",
+        "processing.pseudo_captions",
         "demo.run_demo",
         "demo.shapes_world",
         "demo.train_tiny_clip",
