@@ -27,8 +27,7 @@ def test_demo_smoke_run_completes(tmp_path):
             "0",
             "--unlabelled_images",
             "150",
-            "--self_train",
-        ],  # the default two, two of --full's; 150 of the smoke world's 200 train_pairs images; self-training
+        ],  # the default two, two of --full's; 150 of the smoke world's 200 train_pairs images
         capture_output=True,
         text=True,
         timeout=900,
@@ -42,30 +41,12 @@ def test_demo_smoke_run_completes(tmp_path):
         "eps=auto+map+shape",
         "eps=0",
         "nearest caption",
-        "eps=auto + self-trained",
-        "eps=auto+offset+shape + self-trained",
-        "eps=auto+map+shape + self-trained",
     }
-    # --self_train: each auto run captioned the 150 unlabelled images, and a copy of it trained on those pairs
-    assert summary["self_train"] is True
-    unlabelled = sorted(str(p.resolve()) for p in (output / "world" / "unlabelled_images").iterdir())
-    for folder in ("eps_auto", "eps_auto_offset_shape", "eps_auto_map_shape"):
-        rows = [
-            json.loads(line)
-            for line in (output / "pseudo_captions" / f"{folder}.jsonl").read_text().splitlines()
-        ]
-        assert [row["image"] for row in rows] == unlabelled and all(
-            isinstance(row["caption"], str) for row in rows
-        )
-        self_trained = output / "runs" / f"{folder}_self_trained"
-        assert "supervised on CLIP image embeddings" in (self_trained / "README.md").read_text()
-        state = json.loads((self_trained / "trainer_state.json").read_text())
-        assert state["global_step"] == 5
     # ε = auto was estimated from the unlabelled images (the rule (1/c² - 1)/d), recorded in the run's config
     config = json.loads((output / "runs" / "eps_auto" / "config.json").read_text())
     estimate = config["training_noise"]["estimate"]
     assert estimate["estimator"] == "pseudo_pairs" and estimate["num_images"] == 150
-    assert summary["unlabelled_images"] == 150
+    assert summary["unlabelled_images"] == 150 and summary["self_train"] is False
     assert summary["auto_noise_variance"]["eps=auto"]["0"] == config["training_noise"]["noise_variance"] > 0
     # ε = auto with --noise_offset: the offset measured on the same images is added in training, and ε is the
     # noise left around the shifted captions, smaller than the plain estimate; --noise_shape measured shapes it
@@ -248,3 +229,36 @@ def test_unlabelled_images_are_the_first_train_pairs_images_and_follow_the_count
     assert write_unlabelled_images(world, folder, 10) == 5
     assert len(list(folder.iterdir())) == 5 and (folder / "00000.png").stat().st_size > 0
     assert write_unlabelled_images(world, folder, 2) == 2 and len(list(folder.iterdir())) == 2
+
+
+def test_self_training_captions_the_unlabelled_images_and_trains_a_copy_of_each_auto_run(
+    tmp_path, saved_dir, image_files
+):
+    # Stage 3b of `--self_train`, on a tiny saved model standing in for a trained ε = auto run.
+    import argparse
+    import shutil
+
+    from demo.run_demo import run_self_training
+
+    unlabelled = tmp_path / "world" / "unlabelled_images"
+    unlabelled.mkdir(parents=True)
+    for path in image_files:
+        shutil.copy(path, unlabelled)
+    run_dir = tmp_path / "runs" / "eps_auto"
+    shutil.copytree(saved_dir, run_dir)
+    args = argparse.Namespace(seeds=[0], smoke=True, max_steps=2, jobs=1)
+    self_dirs, durations = run_self_training(
+        args, tmp_path, {"eps=auto": {0: run_dir}, "eps=0": {0: saved_dir}}
+    )
+    self_trained = tmp_path / "runs" / "eps_auto_self_trained"
+    assert self_dirs == {"eps=auto + self-trained": {0: self_trained}} and set(durations) == {
+        "eps=auto + self-trained"
+    }
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "pseudo_captions" / "eps_auto.jsonl").read_text().splitlines()
+    ]
+    assert [row["image"] for row in rows] == sorted(str(p.resolve()) for p in unlabelled.iterdir())
+    assert all(isinstance(row["caption"], str) for row in rows)
+    assert json.loads((self_trained / "trainer_state.json").read_text())["global_step"] == 2
+    assert "supervised on CLIP image embeddings" in (self_trained / "README.md").read_text()
