@@ -43,9 +43,8 @@ TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SELF_TRAIN_RECIPE = REPO / "configuration" / "shapes_self_train.json"
-SELF_TRAIN_RERANK = (
-    5  # --self_train: beams per unlabelled image, of which CLIP keeps the nearest as its caption
-)
+# --self_train: beams per unlabelled image, of which CLIP keeps the nearest as the image's caption
+SELF_TRAIN_RERANK = 5
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
 UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
 MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
@@ -483,9 +482,8 @@ AUTO_SHAPE = "auto+offset+shape"
 AUTO_MAP_SHAPE = "auto+map+shape"
 AUTO_LEVELS = ("auto", AUTO_OFFSET, "auto+shape", AUTO_SHAPE, "auto+map", AUTO_MAP_SHAPE)
 MEMORY_RUN = "eps=auto + memory"  # the auto run's model, captioned with projection onto its text memory
-SELF_TRAINED = (
-    " + self-trained"  # --self_train: an auto run after a round of self-training on its own captions
-)
+# --self_train: an auto run after a round of self-training on its own captions of the unlabelled images
+SELF_TRAINED = " + self-trained"
 
 
 def run_name(eps: float | str) -> str:
@@ -557,35 +555,15 @@ def run_self_training(
     for name in map(run_name, AUTO_LEVELS):
         for seed, model_dir in run_dirs.get(name, {}).items():
             corpus_file = output_dir / "pseudo_captions" / f"{model_dir.name}.jsonl"
-            command = [
-                "-m",
-                "processing.pseudo_captions",
-                "--model",
-                str(model_dir),
-                "--images",
-                str(unlabelled),
-            ]
-            command += ["--clip_rerank", str(SELF_TRAIN_RERANK), "--max_new_tokens", "24"]
-            run_command(
-                [*command, "--output_jsonl", str(corpus_file)], output_dir / f"pseudo_{model_dir.name}.log"
-            )
+            caption = ["-m", "processing.pseudo_captions", "--model", str(model_dir)]
+            caption += ["--images", str(unlabelled), "--clip_rerank", str(SELF_TRAIN_RERANK)]
+            caption += ["--max_new_tokens", "24", "--output_jsonl", str(corpus_file)]
+            run_command(caption, output_dir / f"pseudo_{model_dir.name}.log")
             run_dir = model_dir.with_name(f"{model_dir.name}_self_trained")
             self_dirs.setdefault(name + SELF_TRAINED, {})[seed] = run_dir
-            arguments = [
-                str(SELF_TRAIN_RECIPE),
-                "--init_from",
-                str(model_dir),
-                "--train_file",
-                str(corpus_file),
-            ]
-            arguments += [
-                "--output_dir",
-                str(run_dir),
-                "--seed",
-                str(seed),
-                "--cache_dir",
-                str(output_dir / "cache"),
-            ]
+            arguments = [str(SELF_TRAIN_RECIPE), "--init_from", str(model_dir)]
+            arguments += ["--train_file", str(corpus_file), "--output_dir", str(run_dir)]
+            arguments += ["--seed", str(seed), "--cache_dir", str(output_dir / "cache")]
             runs[f"{name}{SELF_TRAINED} seed {seed}" if several else name + SELF_TRAINED] = arguments + (
                 ["--max_steps", str(args.max_steps)] if args.smoke else []
             )
