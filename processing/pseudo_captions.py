@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
@@ -49,6 +49,7 @@ class PseudoCaptionArguments:
     seed: int = field(default=0, metadata={"help": "Seed of the --max_images sample."})
 
     def __post_init__(self) -> None:
+        # Before the model loads, and naming the flags (1 means greedy here; caption_images' clip_rerank needs 2+).
         if self.clip_rerank < 1:
             raise ValueError(f"--clip_rerank must be at least 1 (1: greedy), got {self.clip_rerank}.")
         if self.batch_size < 1:
@@ -99,15 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     args, output = HfArgumentParser((PseudoCaptionArguments, OutputArguments)).parse_args_into_dataclasses(
         args=argv
     )
-    corpus = pseudo_captions(
-        args.model,
-        args.images,
-        args.clip_rerank,
-        args.max_images,
-        args.batch_size,
-        args.max_new_tokens,
-        args.seed,
-    )
+    corpus = pseudo_captions(**asdict(args))  # the fields are the function's parameters
     save_dataset(corpus, output.output_dir, output.output_jsonl)
 
 
