@@ -45,6 +45,9 @@ SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SELF_TRAIN_RECIPE = REPO / "configuration" / "shapes_self_train.json"
 # --self_train: beams per unlabelled image, of which CLIP keeps the nearest as the image's caption
 SELF_TRAIN_RERANK = 5
+# --self_train: the train_pairs images (captions unused) it captions, apart from the ones the noise is measured on:
+# self-training gains from many images, while the noise estimate is the recipe's, on --unlabelled_images
+SELF_TRAIN_FOLDER = "self_train_images"
 SWEEP = (0.0, 0.001, 0.004, 0.016, 0.064)
 UNLABELLED_IMAGES = 1000  # train_pairs images saved without their captions, for --noise_variance auto
 MEMORY_SIZE = 20_000  # text memory rows of the auto run under --full (at most the corpus's distinct captions)
@@ -127,9 +130,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--self_train",
         action="store_true",
-        help="after training, each ε = auto run captions the unlabelled images (CLIP rerank of "
-        f"{SELF_TRAIN_RERANK} beams) and continues on those pairs in supervised mode "
+        help="after training, each ε = auto run captions unlabelled images (--self_train_images; CLIP rerank "
+        f"of {SELF_TRAIN_RERANK} beams) and continues on those pairs in supervised mode "
         "(configuration/shapes_self_train.json): one round of self-training, no human caption of an image used",
+    )
+    parser.add_argument(
+        "--self_train_images",
+        type=int,
+        default=None,
+        help="with --self_train: the first N train_pairs images, their captions unused, that each ε = auto run "
+        "captions (default: all of them, 8000; the noise is still measured on --unlabelled_images)",
     )
     parser.add_argument(
         "--memory",
@@ -139,6 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.unlabelled_images < 1:
         parser.error(f"--unlabelled_images must be at least 1, got {args.unlabelled_images}")
+    if args.self_train_images is not None and args.self_train_images < 1:
+        parser.error(f"--self_train_images must be at least 1, got {args.self_train_images}")
     args.supervised = args.supervised or args.full
     args.memory = args.memory or args.full
     if args.noise_levels is None:
@@ -544,11 +556,11 @@ def run_trainings(
 def run_self_training(
     args: argparse.Namespace, output_dir: Path, run_dirs: dict[str, dict[int, Path]]
 ) -> tuple[dict[str, dict[int, Path]], dict]:
-    """Stage 3b (--self_train): each ε = auto run captions the unlabelled images (`processing.pseudo_captions`,
-    CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on those (image, own caption)
+    """Stage 3b (--self_train): each ε = auto run captions the images of `world/self_train_images`
+    (`processing.pseudo_captions`, CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on those (image, own caption)
     pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`. Returns the new runs'
     folders by seed and the wall time of each training."""
-    unlabelled = output_dir / "world" / "unlabelled_images"
+    unlabelled = output_dir / "world" / SELF_TRAIN_FOLDER
     several = len(args.seeds) > 1
     self_dirs: dict[str, dict[int, Path]] = {}
     runs: dict[str, list[str]] = {}
@@ -670,6 +682,14 @@ def main(argv: list[str] | None = None) -> dict:
         world, output_dir / "world" / "unlabelled_images", args.unlabelled_images
     )
     print(f"  unlabelled images (train_pairs images without their captions): {unlabelled}")
+    self_train_images = 0
+    if args.self_train:
+        self_train_images = write_unlabelled_images(
+            world,
+            output_dir / "world" / SELF_TRAIN_FOLDER,
+            args.self_train_images or world["train_pairs"].num_rows,
+        )
+        print(f"  unlabelled images for self-training: {self_train_images}")
 
     stage("2/5 tiny CLIP and the decoder to start from")
     print(f"  CLIP: {args.clip}")
@@ -685,7 +705,7 @@ def main(argv: list[str] | None = None) -> dict:
     stage(f"3/5 text-only training (train_capdec.py), seeds {' '.join(map(str, args.seeds))}")
     run_dirs, durations = run_trainings(args, output_dir, decoder_inits)
     if args.self_train:
-        stage("3b/5 self-training: each ε = auto run captions the unlabelled images and trains on them")
+        stage("3b/5 self-training: each ε = auto run captions unlabelled images and trains on them")
         self_dirs, self_durations = run_self_training(args, output_dir, run_dirs)
         run_dirs, durations = {**run_dirs, **self_dirs}, {**durations, **self_durations}
 
@@ -724,6 +744,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_steps": args.max_steps or "recipe (2000)",
         "unlabelled_images": unlabelled,
         "self_train": args.self_train,
+        "self_train_images": self_train_images,
         "clip": args.clip,
     }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2))

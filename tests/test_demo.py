@@ -200,6 +200,12 @@ def test_run_selection_options(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--unlabelled_images", "0"])
     assert "--unlabelled_images must be at least 1, got 0" in capsys.readouterr().err
+    # --self_train captions all train_pairs images unless told fewer; the noise keeps --unlabelled_images
+    assert default.self_train_images is None
+    assert parse_args(["--self_train", "--self_train_images", "500"]).self_train_images == 500
+    with pytest.raises(SystemExit):
+        parse_args(["--self_train", "--self_train_images", "0"])
+    assert "--self_train_images must be at least 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--noise_levels", "auto", "lots"])
     message = (
@@ -240,10 +246,14 @@ def test_self_training_captions_the_unlabelled_images_and_trains_a_copy_of_each_
 
     from demo.run_demo import run_self_training
 
-    unlabelled = tmp_path / "world" / "unlabelled_images"
+    # It captions world/self_train_images, not the (fewer) images the noise was measured on.
+    unlabelled = tmp_path / "world" / "self_train_images"
     unlabelled.mkdir(parents=True)
     for path in image_files:
         shutil.copy(path, unlabelled)
+    noise_images = tmp_path / "world" / "unlabelled_images"
+    noise_images.mkdir()
+    shutil.copy(image_files[0], noise_images / "noise_only.png")
     run_dir = tmp_path / "runs" / "eps_auto"
     shutil.copytree(saved_dir, run_dir)
     args = argparse.Namespace(seeds=[0], smoke=True, max_steps=2, jobs=1)
@@ -261,4 +271,4 @@ def test_self_training_captions_the_unlabelled_images_and_trains_a_copy_of_each_
     assert [row["image"] for row in rows] == sorted(str(p.resolve()) for p in unlabelled.iterdir())
     assert all(isinstance(row["caption"], str) for row in rows)
     assert json.loads((self_trained / "trainer_state.json").read_text())["global_step"] == 2
-    assert "supervised on CLIP image embeddings" in (self_trained / "README.md").read_text()
+    assert f"continuing from the trained CapDec model `{run_dir}`" in (self_trained / "README.md").read_text()
