@@ -56,3 +56,14 @@ def test_limitations_and_bias_describe_this_run(model, tmp_path):
 def test_a_corpus_of_several_files_is_named_file_by_file(model, tmp_path):
     card = card_for(model, tmp_path, corpus=["shards/*.jsonl", "extra.jsonl"])
     assert "shards/*.jsonl, extra.jsonl" in card.text and "['shards" not in card.text
+
+
+def test_a_continued_run_names_the_model_it_started_from(model, tmp_path):
+    continued = card_for(model, tmp_path, mode="supervised", init_from="outputs/capdec-text").text
+    assert (
+        "Training: supervised on CLIP image embeddings (the ClipCap reference), continuing from the trained "
+        "CapDec model `outputs/capdec-text`." in continued
+    )
+    fresh = card_for(model, tmp_path).text
+    assert "Training: text only (CapDec): the decoder never saw an image during training." in fresh
+    assert "continuing from" not in fresh

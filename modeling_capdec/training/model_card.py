@@ -112,20 +112,22 @@ def model_card_fields(
     hub_dataset: str | None = None,
     license: str | None = None,
     lora: Mapping[str, Any] | None = None,
+    init_from: str | None = None,
 ) -> dict[str, Any]:
     """The values of `model_card.md`'s placeholders for a finished run, `card_data` (the front matter) included.
 
-    `config` is the trained `CapDecConfig` (its `training_noise` records the noise the collator used), `args`
-    the run's `CapDecTrainingArguments`; `hub_dataset` the Hub dataset trained on (for the front matter's
-    `datasets`), `lora` the LoRA settings of a LoRA run (`r`, `alpha`, `target_modules`, `base`).
+        `config` is the trained `CapDecConfig` (its `training_noise` records the noise the collator used), `args`
+        the run's `CapDecTrainingArguments`; `hub_dataset` the Hub dataset trained on (for the front matter's
+        `datasets`), `lora` the LoRA settings of a LoRA run (`r`, `alpha`, `target_modules`, `base`), `init_from` the
+    trained CapDec folder the run continued from (`--init_from`), if any.
 
-    Example:
+        Example:
 
-    ```python
-    >>> fields = model_card_fields(model.config, args, clip_model="openai/clip-vit-base-patch32",
-    ...     decoder_model="gpt2", mode="text", corpus="data/coco_train_text", cleaning_summary=report.summary(),
-    ...     corpus_size=report.kept, trained_steps=trainer.state.global_step, trained_epochs=trainer.state.epoch)  # doctest: +SKIP
-    ```
+        ```python
+        >>> fields = model_card_fields(model.config, args, clip_model="openai/clip-vit-base-patch32",
+        ...     decoder_model="gpt2", mode="text", corpus="data/coco_train_text", cleaning_summary=report.summary(),
+        ...     corpus_size=report.kept, trained_steps=trainer.state.global_step, trained_epochs=trainer.state.epoch)  # doctest: +SKIP
+        ```
     """
     noise = getattr(config, "training_noise", None) or {}
     if not isinstance(corpus, str):  # several files or globs: named one after the other
@@ -143,9 +145,7 @@ def model_card_fields(
         ),
         "model_name": model_name,
         "repo_id": args.hub_model_id or str(args.output_dir),
-        "training_mode": "text only (CapDec): the decoder never saw an image during training"
-        if mode == "text"
-        else "supervised on CLIP image embeddings (the ClipCap reference)",
+        "training_mode": _training_mode(mode, init_from),
         "clip_model": clip_model,
         "decoder_model": decoder_model,
         "corpus": corpus,
@@ -165,6 +165,17 @@ def model_card_fields(
         "limitations": _limitations(clip_model, mode),
         "bias": _bias(corpus, hub_dataset),
     }
+
+
+def _training_mode(mode: str, init_from: str | None) -> str:
+    trained = (
+        "text only (CapDec): the decoder never saw an image during training"
+        if mode == "text"
+        else "supervised on CLIP image embeddings (the ClipCap reference)"
+    )
+    # Say where a continued run started: a supervised round on a text-only model's own captions of unlabelled
+    # images (processing.pseudo_captions) is still text-only in what it took from people.
+    return trained if not init_from else f"{trained}, continuing from the trained CapDec model `{init_from}`"
 
 
 def _decoder_training(config: Any, lora: Mapping[str, Any] | None) -> str:

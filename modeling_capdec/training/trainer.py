@@ -840,6 +840,7 @@ def finish_run(
         hub_dataset=data_args.dataset_name,
         license=args.license,
         lora=lora,
+        init_from=model_args.init_from,
     )
     trainer.create_model_card()
     if args.push_to_hub:
