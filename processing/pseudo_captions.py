@@ -13,7 +13,8 @@ CLI::
         --learning_rate 5e-4 --warmup_steps 50 --max_steps 1000 --output_dir out-self-trained
 
 Each jsonl row is ``{"image": "<absolute path>", "caption": "..."}``. An image that cannot be read stops the run
-with an error naming its file.
+with an error naming its file, before the model loads; with ``--skip_unreadable`` it is left out instead, and the
+run reports how many were and names them.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class PseudoCaptionArguments:
     batch_size: int = field(default=64, metadata={"help": "Images per generate call."})
     max_new_tokens: int = field(default=32, metadata={"help": "Longest caption, in decoder tokens."})
     seed: int = field(default=0, metadata={"help": "Seed of the --max_images sample."})
+    skip_unreadable: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out (and count) images that cannot be read, instead of stopping at the first."
+        },
+    )
 
     def __post_init__(self) -> None:
         # Before the model loads, and naming the flags (1 means greedy here; caption_images' clip_rerank needs 2+).
@@ -64,9 +71,13 @@ def pseudo_captions(
     batch_size: int = 64,
     max_new_tokens: int = 32,
     seed: int = 0,
+    skip_unreadable: bool = False,
 ) -> Dataset:
     """Caption every image of the folder `images` with the CapDec model `model`; one row per image, columns
     `image` (the absolute path) and `caption`.
+
+    Every image is read once before the model loads: one that cannot be read raises `ImageLoadError` naming it,
+    or with `skip_unreadable` is left out, counted and named in a warning.
 
     Example:
         >>> corpus = pseudo_captions("outputs/capdec-coco", "unlabelled/")  # doctest: +SKIP
@@ -77,7 +88,9 @@ def pseudo_captions(
     from modeling_capdec.evaluation.captioning import caption_images
     from modeling_capdec.training.noise_estimate import image_folder_files
 
-    files = [str(path.resolve()) for path in image_folder_files(images, max_images, seed)]
+    files = readable_images(
+        [str(path.resolve()) for path in image_folder_files(images, max_images, seed)], skip_unreadable
+    )
     captioner = CapDecForConditionalGeneration.from_pretrained(model).eval()
     processor = CapDecProcessor.from_pretrained(model)
     decoding = {"clip_rerank": clip_rerank} if clip_rerank > 1 else {}
@@ -92,6 +105,31 @@ def pseudo_captions(
         f"CLIP rerank of {clip_rerank} beams" if decoding else "greedy",
     )
     return Dataset.from_dict({"image": files, "caption": captions})
+
+
+def readable_images(files: list[str], skip_unreadable: bool) -> list[str]:
+    """`files` that load as images, in order. A bad one raises `ImageLoadError` naming it (hours into captioning
+    is too late to find it), or with `skip_unreadable` is dropped and reported with the count."""
+    from tqdm.auto import tqdm
+
+    from modeling_capdec.processing_capdec import ImageLoadError, load_image
+
+    readable, problems = [], []
+    for index, path in enumerate(tqdm(files, desc="Reading images", unit="image")):
+        try:
+            load_image(path, index)
+        except ImageLoadError as error:
+            if not skip_unreadable:
+                raise
+            problems.append(str(error))
+            continue
+        readable.append(path)
+    if problems:
+        shown = "\n  ".join(problems[:10]) + ("\n  ..." if len(problems) > 10 else "")
+        logger.warning("Skipped %d of %d images that cannot be read:\n  %s", len(problems), len(files), shown)
+    if not readable:
+        raise ValueError(f"None of the {len(files)} images can be read; the first: {problems[0]}")
+    return readable
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from safetensors.torch import load_file
 
 from modeling_capdec.evaluation.captioning import caption_images
+from modeling_capdec.processing_capdec import ImageLoadError
 from processing import flickrstyle, gender_balance, io_utils, karpathy, text_corpus
 from processing.flickrstyle import flickrstyle_corpus, read_image_names
 from processing.gender_balance import GENDER_PAIRS, build_swap_map, swap_gender
@@ -536,7 +537,37 @@ def test_the_captions_train_the_model_on_image_embeddings(saved_dir, unlabelled,
     assert before.keys() == after.keys()
     changed = [key for key in before if not torch.equal(before[key], after[key])]
     assert changed and all(not key.startswith("clip.") for key in changed)  # CLIP stays frozen
-    assert "supervised on CLIP image embeddings" in (output_dir / "README.md").read_text()
+    # the card says where the run started: the text-only model whose own captions it trained on
+    card = (output_dir / "README.md").read_text()
+    assert (
+        f"supervised on CLIP image embeddings (the ClipCap reference), continuing from the trained CapDec model `{saved_dir}`"
+        in card
+    )
+
+
+def test_an_unreadable_image_stops_the_run_by_name_or_is_skipped_and_counted(
+    saved_dir, unlabelled, tmp_path, caplog
+):
+    folder = tmp_path / "images"
+    shutil.copytree(unlabelled, folder)
+    broken = folder / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    # Found before the model loads: a model that does not exist is never reached.
+    with pytest.raises(ImageLoadError, match=rf"Cannot load image \d+ \('{broken}'\): OSError"):
+        pseudo_captions_main(
+            f"--model {tmp_path / 'no-model'} --images {folder} --output_jsonl {tmp_path / 'x.jsonl'}".split()
+        )
+    output = tmp_path / "pseudo.jsonl"
+    with caplog.at_level("WARNING", logger="processing.pseudo_captions"):
+        pseudo_captions_main(
+            f"--model {saved_dir} --images {folder} --clip_rerank 1 --max_new_tokens 4 --skip_unreadable "
+            f"--output_jsonl {output}".split()
+        )
+    images = [row["image"] for row in read_jsonl(output)]
+    readable = sorted(str(path.resolve()) for path in folder.rglob("*.png") if path != broken)
+    assert images == readable
+    assert f"Skipped 1 of {len(readable) + 1} images that cannot be read" in caplog.text
+    assert str(broken) in caplog.text
 
 
 def test_bad_arguments_are_refused_by_name(saved_dir, tmp_path):
