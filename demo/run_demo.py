@@ -557,9 +557,9 @@ def run_self_training(
     args: argparse.Namespace, output_dir: Path, run_dirs: dict[str, dict[int, Path]]
 ) -> tuple[dict[str, dict[int, Path]], dict]:
     """Stage 3b (--self_train): each ε = auto run captions the images of `world/self_train_images`
-    (`processing.pseudo_captions`, CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on those (image, own caption)
-    pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`. Returns the new runs'
-    folders by seed and the wall time of each training."""
+    (`processing.pseudo_captions`, CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on
+    those (image, own caption) pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`.
+    Returns the new runs' folders by seed and the wall time of each training."""
     unlabelled = output_dir / "world" / SELF_TRAIN_FOLDER
     several = len(args.seeds) > 1
     self_dirs: dict[str, dict[int, Path]] = {}

@@ -539,10 +539,8 @@ def test_the_captions_train_the_model_on_image_embeddings(saved_dir, unlabelled,
     assert changed and all(not key.startswith("clip.") for key in changed)  # CLIP stays frozen
     # the card says where the run started: the text-only model whose own captions it trained on
     card = (output_dir / "README.md").read_text()
-    assert (
-        f"supervised on CLIP image embeddings (the ClipCap reference), continuing from the trained CapDec model `{saved_dir}`"
-        in card
-    )
+    continued = f"continuing from the trained CapDec model `{saved_dir}`"
+    assert f"supervised on CLIP image embeddings (the ClipCap reference), {continued}" in card
 
 
 def test_an_unreadable_image_stops_the_run_by_name_or_is_skipped_and_counted(

@@ -116,18 +116,18 @@ def model_card_fields(
 ) -> dict[str, Any]:
     """The values of `model_card.md`'s placeholders for a finished run, `card_data` (the front matter) included.
 
-        `config` is the trained `CapDecConfig` (its `training_noise` records the noise the collator used), `args`
-        the run's `CapDecTrainingArguments`; `hub_dataset` the Hub dataset trained on (for the front matter's
-        `datasets`), `lora` the LoRA settings of a LoRA run (`r`, `alpha`, `target_modules`, `base`), `init_from` the
-    trained CapDec folder the run continued from (`--init_from`), if any.
+    `config` is the trained `CapDecConfig` (its `training_noise` records the noise the collator used), `args`
+    the run's `CapDecTrainingArguments`; `hub_dataset` the Hub dataset trained on (for the front matter's
+    `datasets`), `lora` the LoRA settings of a LoRA run (`r`, `alpha`, `target_modules`, `base`), `init_from`
+    the trained CapDec folder the run continued from (`--init_from`), if any.
 
-        Example:
+    Example:
 
-        ```python
-        >>> fields = model_card_fields(model.config, args, clip_model="openai/clip-vit-base-patch32",
-        ...     decoder_model="gpt2", mode="text", corpus="data/coco_train_text", cleaning_summary=report.summary(),
-        ...     corpus_size=report.kept, trained_steps=trainer.state.global_step, trained_epochs=trainer.state.epoch)  # doctest: +SKIP
-        ```
+    ```python
+    >>> fields = model_card_fields(model.config, args, clip_model="openai/clip-vit-base-patch32",
+    ...     decoder_model="gpt2", mode="text", corpus="data/coco_train_text", cleaning_summary=report.summary(),
+    ...     corpus_size=report.kept, trained_steps=trainer.state.global_step, trained_epochs=trainer.state.epoch)  # doctest: +SKIP
+    ```
     """
     noise = getattr(config, "training_noise", None) or {}
     if not isinstance(corpus, str):  # several files or globs: named one after the other
