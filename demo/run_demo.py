@@ -43,8 +43,11 @@ TINY_CLIP = REPO / "demo" / "tiny_clip"
 RECIPE = REPO / "configuration" / "shapes_text_only.json"
 SUPERVISED_RECIPE = REPO / "configuration" / "shapes_supervised.json"
 SELF_TRAIN_RECIPE = REPO / "configuration" / "shapes_self_train.json"
-# --self_train: beams per unlabelled image, of which CLIP keeps the nearest as the image's caption
-SELF_TRAIN_RERANK = 5
+# --self_train: beams per unlabelled image, of which the caption is the most probable beam among those CLIP scores
+# within SELF_TRAIN_TOLERANCE of its best. CLIP sorts out content (more beams: more scenes right) but hardly the
+# wording of paraphrases; with the tolerance the decoder's ranking keeps the wording of its training captions.
+SELF_TRAIN_RERANK = 20
+SELF_TRAIN_TOLERANCE = 0.01
 # --self_train: the train_pairs images (captions unused) it captions, apart from the ones the noise is measured on:
 # self-training gains from many images, while the noise estimate is the recipe's, on --unlabelled_images
 SELF_TRAIN_FOLDER = "self_train_images"
@@ -131,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--self_train",
         action="store_true",
         help="after training, each ε = auto run captions unlabelled images (--self_train_images; CLIP rerank "
-        f"of {SELF_TRAIN_RERANK} beams) and continues on those pairs in supervised mode "
+        f"of {SELF_TRAIN_RERANK} beams, tolerance {SELF_TRAIN_TOLERANCE}) and continues on those pairs in supervised mode "
         "(configuration/shapes_self_train.json): one round of self-training, no human caption of an image used",
     )
     parser.add_argument(
@@ -557,8 +560,9 @@ def run_self_training(
     args: argparse.Namespace, output_dir: Path, run_dirs: dict[str, dict[int, Path]]
 ) -> tuple[dict[str, dict[int, Path]], dict]:
     """Stage 3b (--self_train): each ε = auto run captions the images of `world/self_train_images`
-    (`processing.pseudo_captions`, CLIP rerank of `SELF_TRAIN_RERANK` beams) and continues in supervised mode on
-    those (image, own caption) pairs with `configuration/shapes_self_train.json`, as run `<name> + self-trained`.
+    (`processing.pseudo_captions`, CLIP rerank of `SELF_TRAIN_RERANK` beams with `SELF_TRAIN_TOLERANCE`) and
+    continues in supervised mode on those (image, own caption) pairs with `configuration/shapes_self_train.json`,
+    as run `<name> + self-trained`.
     Returns the new runs' folders by seed and the wall time of each training."""
     unlabelled = output_dir / "world" / SELF_TRAIN_FOLDER
     several = len(args.seeds) > 1
@@ -569,6 +573,7 @@ def run_self_training(
             corpus_file = output_dir / "pseudo_captions" / f"{model_dir.name}.jsonl"
             caption = ["-m", "processing.pseudo_captions", "--model", str(model_dir)]
             caption += ["--images", str(unlabelled), "--clip_rerank", str(SELF_TRAIN_RERANK)]
+            caption += ["--clip_rerank_tolerance", str(SELF_TRAIN_TOLERANCE)]
             caption += ["--max_new_tokens", "24", "--output_jsonl", str(corpus_file)]
             run_command(caption, output_dir / f"pseudo_{model_dir.name}.log")
             run_dir = model_dir.with_name(f"{model_dir.name}_self_trained")

@@ -30,6 +30,9 @@ class CapDecImageToTextPipeline(Pipeline):
     `num_beams` or `do_sample=True` is given) and keeps the `num_return_sequences` that CLIP finds closest to
     the image (cosine of the CLIP image and text embeddings, highest first; each result carries it as
     `clip_score`). The image embedding is the image's own, also with `project_to_memory=True`.
+    `clip_rerank_tolerance=δ` (default 0) puts first, in the decoder's order (beam search: most probable first),
+    the candidates within δ of the best CLIP score: CLIP tells the content apart but hardly the wording of
+    paraphrases, which the decoder's ranking keeps fluent.
 
     Example:
 
@@ -63,6 +66,7 @@ class CapDecImageToTextPipeline(Pipeline):
         timeout: float | None = None,
         on_bad_image: str | None = None,
         clip_rerank: int | None = None,
+        clip_rerank_tolerance: float | None = None,
         **extra_generate_kwargs,
     ):
         preprocess_params: dict[str, Any] = {}
@@ -86,6 +90,9 @@ class CapDecImageToTextPipeline(Pipeline):
         forward_params: dict[str, Any] = {"generate_kwargs": generate_kwargs}
         if clip_rerank is not None:  # how many of the candidates to keep: reranking is on
             forward_params["keep"] = candidate_generate_kwargs(generate_kwargs, clip_rerank)
+        if clip_rerank_tolerance is not None:
+            check_rerank_tolerance(clip_rerank_tolerance, clip_rerank)
+            forward_params["tolerance"] = clip_rerank_tolerance
         return preprocess_params, forward_params, {}
 
     def __call__(self, images: Any, **kwargs):
@@ -128,6 +135,7 @@ class CapDecImageToTextPipeline(Pipeline):
         model_inputs: dict,
         generate_kwargs: dict | None = None,
         keep: int | None = None,
+        tolerance: float = 0.0,
     ) -> dict:
         model_inputs = dict(model_inputs)
         image_errors = model_inputs.pop("image_error")
@@ -142,7 +150,7 @@ class CapDecImageToTextPipeline(Pipeline):
         outputs = {"generated_ids": generated, "image_error": image_errors}
         if keep is not None:  # clip_rerank: generate returned the candidates
             scores = self._clip_scores(model_inputs["pixel_values"], generated)
-            order = scores.argsort(dim=-1, descending=True, stable=True)[:, :keep]
+            order = clip_rerank_order(scores, tolerance)[:, :keep]
             outputs["generated_ids"] = generated.gather(
                 1, order[:, :, None].expand(-1, -1, generated.shape[-1]).to(generated.device)
             )
@@ -180,6 +188,33 @@ def clip_scores_of_captions(
         clip_inputs["attention_mask"].to(model.device),
         pixel_values=pixel_values,
     )
+
+
+def clip_rerank_order(scores: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+    """The order in which `clip_rerank` keeps the candidates, `(batch, candidates)` indices into `scores` (CLIP's
+    cosines, candidates in the decoder's order): first those within `tolerance` of the image's best score, in the
+    decoder's order, then the rest by score. Tolerance 0 is plain CLIP order (ties to the decoder's earlier one).
+
+    Example:
+        >>> clip_rerank_order(torch.tensor([[0.30, 0.32, 0.20]]))
+        tensor([[1, 0, 2]])
+        >>> clip_rerank_order(torch.tensor([[0.30, 0.32, 0.20]]), tolerance=0.05)
+        tensor([[0, 1, 2]])
+    """
+    by_score = scores.argsort(dim=-1, descending=True, stable=True)
+    rank = by_score.argsort(dim=-1)  # each candidate's place in CLIP's order
+    near = scores >= scores.max(dim=-1, keepdim=True).values - tolerance
+    position = torch.arange(scores.shape[-1], device=scores.device).expand_as(rank)
+    return torch.where(near, position, scores.shape[-1] + rank).argsort(dim=-1, stable=True)
+
+
+def check_rerank_tolerance(tolerance: Any, clip_rerank: Any) -> None:
+    """Raise `ValueError` for a `clip_rerank_tolerance` that is not a number >= 0, or one given without
+    `clip_rerank` (it would silently do nothing)."""
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ValueError(f"clip_rerank_tolerance is a CLIP cosine margin, a number >= 0; got {tolerance!r}.")
+    if tolerance and clip_rerank is None:
+        raise ValueError("clip_rerank_tolerance applies to clip_rerank's candidates: give clip_rerank too.")
 
 
 def candidate_generate_kwargs(generate_kwargs: dict, clip_rerank: Any) -> int:

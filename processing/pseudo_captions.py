@@ -3,8 +3,9 @@
 Text-only training never shows the decoder an image embedding: the noise only approximates where images land.
 Where the target domain's unlabelled images are at hand (the ones ``--noise_images`` measures the noise on), one
 round of self-training lets the decoder see them: caption each image with the text-only model (CLIP-reranked
-beam search by default: K beams, the caption CLIP finds nearest the image), then continue training on those
-(image, own caption) pairs in supervised mode. No human caption of an image is used at any point.
+beam search by default: K beams, the caption CLIP finds nearest the image, or with ``--clip_rerank_tolerance``
+the most probable of those CLIP puts near the best), then continue training on those (image, own caption)
+pairs in supervised mode. No human caption of an image is used at any point.
 
 CLI::
 
@@ -42,6 +43,13 @@ class PseudoCaptionArguments:
             "help": "Beams per image, of which CLIP keeps the nearest to the image; 1: greedy decoding."
         },
     )
+    clip_rerank_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep the decoder's first beam among those within this CLIP cosine of the best (CLIP tells "
+            "content apart but hardly the wording of paraphrases); 0: CLIP's best."
+        },
+    )
     max_images: int | None = field(
         default=None, metadata={"help": "Caption a seeded sample of this many images (default: all)."}
     )
@@ -59,6 +67,12 @@ class PseudoCaptionArguments:
         # Before the model loads, and naming the flags (1 means greedy here; caption_images' clip_rerank needs 2+).
         if self.clip_rerank < 1:
             raise ValueError(f"--clip_rerank must be at least 1 (1: greedy), got {self.clip_rerank}.")
+        if self.clip_rerank_tolerance < 0:
+            raise ValueError(f"--clip_rerank_tolerance must be at least 0, got {self.clip_rerank_tolerance}.")
+        if self.clip_rerank_tolerance and self.clip_rerank == 1:
+            raise ValueError(
+                "--clip_rerank_tolerance applies to --clip_rerank's beams: give --clip_rerank 2 or more."
+            )
         if self.batch_size < 1:
             raise ValueError(f"--batch_size must be at least 1, got {self.batch_size}.")
 
@@ -67,6 +81,7 @@ def pseudo_captions(
     model: str,
     images: str | Path,
     clip_rerank: int = 5,
+    clip_rerank_tolerance: float = 0.0,
     max_images: int | None = None,
     batch_size: int = 64,
     max_new_tokens: int = 32,
@@ -74,7 +89,8 @@ def pseudo_captions(
     skip_unreadable: bool = False,
 ) -> Dataset:
     """Caption every image of the folder `images` with the CapDec model `model`; one row per image, columns
-    `image` (the absolute path) and `caption`.
+    `image` (the absolute path) and `caption`. With `clip_rerank` K > 1 each caption is CLIP's choice among K
+    beams; `clip_rerank_tolerance` δ keeps the most probable beam among those within δ of CLIP's best score.
 
     Every image is read once before the model loads: one that cannot be read raises `ImageLoadError` naming it,
     or with `skip_unreadable` is left out, counted and named in a warning.
@@ -93,7 +109,11 @@ def pseudo_captions(
     )
     captioner = CapDecForConditionalGeneration.from_pretrained(model).eval()
     processor = CapDecProcessor.from_pretrained(model)
-    decoding = {"clip_rerank": clip_rerank} if clip_rerank > 1 else {}
+    decoding = (
+        {"clip_rerank": clip_rerank, "clip_rerank_tolerance": clip_rerank_tolerance}
+        if clip_rerank > 1
+        else {}
+    )
     captions = caption_images(
         captioner, processor, files, batch_size=batch_size, max_new_tokens=max_new_tokens, **decoding
     )
@@ -102,7 +122,7 @@ def pseudo_captions(
         len(files),
         images,
         model,
-        f"CLIP rerank of {clip_rerank} beams" if decoding else "greedy",
+        f"CLIP rerank of {clip_rerank} beams, tolerance {clip_rerank_tolerance:g}" if decoding else "greedy",
     )
     return Dataset.from_dict({"image": files, "caption": captions})
 

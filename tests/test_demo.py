@@ -270,5 +270,8 @@ def test_self_training_captions_the_unlabelled_images_and_trains_a_copy_of_each_
     ]
     assert [row["image"] for row in rows] == sorted(str(p.resolve()) for p in unlabelled.iterdir())
     assert all(isinstance(row["caption"], str) for row in rows)
+    # the demo's decoding of them: 20 beams, the most probable within 0.01 of CLIP's best
+    log = (tmp_path / "pseudo_eps_auto.log").read_text()
+    assert "(CLIP rerank of 20 beams, tolerance 0.01)" in log
     assert json.loads((self_trained / "trainer_state.json").read_text())["global_step"] == 2
     assert f"continuing from the trained CapDec model `{run_dir}`" in (self_trained / "README.md").read_text()

@@ -278,6 +278,8 @@ def test_caption_length_defaults_to_the_models_own():
         ("--max_new_tokens", "0", "--max_new_tokens must be at least 1, got 0"),
         ("--max_samples", "0", "--max_samples must be at least 1, got 0"),
         ("--clip_rerank", "1", "--clip_rerank is a number of candidates, at least 2; got 1"),
+        ("--clip_rerank_tolerance", "-0.5", "--clip_rerank_tolerance must be at least 0, got -0.5"),
+        ("--clip_rerank_tolerance", "0.01", "--clip_rerank_tolerance applies to --clip_rerank's candidates"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path, option, value, message):
@@ -294,6 +296,8 @@ def test_clip_rerank_settings():
     assert wide == {"num_beams": 6, "clip_rerank": 3}
     with pytest.raises(ValueError, match="--clip_rerank 3 needs 3 beams, but --num_beams is 2"):
         evaluate_capdec.EvaluateArguments(**arguments, num_beams=2)
+    near = evaluate_capdec.EvaluateArguments(**arguments, clip_rerank_tolerance=0.01).generate_kwargs()
+    assert near == {"clip_rerank": 3, "clip_rerank_tolerance": 0.01}
 
 
 def test_caption_images_with_clip_rerank_chooses_as_the_pipeline(model, processor, images):
@@ -306,6 +310,17 @@ def test_caption_images_with_clip_rerank_chooses_as_the_pipeline(model, processo
     assert captions != caption_images(model, processor, images, num_beams=4, max_new_tokens=5)
     with pytest.raises(ValueError, match="keeps one caption per image: leave num_return_sequences unset"):
         caption_images(model, processor, images, clip_rerank=2, num_return_sequences=2)
+    # With a tolerance: the decoder's first beam near CLIP's best, as the pipeline keeps it; here not CLIP's best
+    near = caption_images(
+        model, processor, images, batch_size=3, clip_rerank=4, clip_rerank_tolerance=0.3, max_new_tokens=5
+    )
+    assert near == [
+        out[0]["generated_text"]
+        for out in captioner(images, max_new_tokens=5, clip_rerank=4, clip_rerank_tolerance=0.3)
+    ]
+    assert near != captions
+    with pytest.raises(ValueError, match="clip_rerank_tolerance applies to clip_rerank's candidates"):
+        caption_images(model, processor, images, clip_rerank_tolerance=0.1)
 
 
 # -- training's eval inputs, dtype and sampling with a tiny saved model (issue 14) ---------------------------------

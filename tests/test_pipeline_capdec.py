@@ -6,9 +6,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from modeling_capdec import CapDecForConditionalGeneration, CapDecImageToTextPipeline
+from modeling_capdec.pipeline_capdec import clip_rerank_order
 from tests.tiny_models import run_in_fresh_process
 
 GENERATE = {"max_new_tokens": 6, "num_beams": 2}
@@ -203,9 +205,54 @@ def test_clip_rerank_from_samples_and_from_more_beams(model, processor, images):
     assert wide[0]["clip_score"] == pytest.approx(max(s for t, s in ranked if t in two_best), abs=1e-5)
 
 
+def test_clip_rerank_order_puts_the_decoders_first_near_best_candidate_first():
+    scores = torch.tensor([[0.30, 0.32, 0.20, 0.315], [0.10, 0.10, 0.40, 0.05]])
+    # tolerance 0: CLIP's order, ties to the decoder's earlier candidate
+    assert clip_rerank_order(scores).tolist() == [[1, 3, 0, 2], [2, 0, 1, 3]]
+    # within 0.01 of the best: candidates 1 and 3, in the decoder's order; then the rest by score
+    assert clip_rerank_order(scores, 0.01).tolist() == [[1, 3, 0, 2], [2, 0, 1, 3]]
+    assert clip_rerank_order(scores, 0.021).tolist() == [[0, 1, 3, 2], [2, 0, 1, 3]]
+    assert clip_rerank_order(scores, 2.0).tolist() == [
+        [0, 1, 2, 3],
+        [0, 1, 2, 3],
+    ]  # all near: the decoder's order
+
+
+def test_clip_rerank_tolerance_keeps_the_most_probable_beam_near_clips_best(model, processor, images):
+    captioner = CapDecImageToTextPipeline(model=model, processor=processor)
+    expected = clip_ranked_candidates(model, processor, images, candidates=4)
+    beams = captioner(images, max_new_tokens=5, num_beams=4, num_return_sequences=4)
+    # Any cosine lies within 2 of the best: every beam is near, and the kept one is beam search's own best.
+    everything = captioner(images, max_new_tokens=5, clip_rerank=4, clip_rerank_tolerance=2.0)
+    assert [outs[0]["generated_text"] for outs in everything] == [outs[0]["generated_text"] for outs in beams]
+    assert any(
+        ranked[0][0] != outs[0]["generated_text"] for ranked, outs in zip(expected, beams, strict=True)
+    )
+    # In between: the first beam within the tolerance of CLIP's best, with its own CLIP score.
+    picks = {}
+    for tolerance in (0.0, 0.015, 0.3):
+        kept = captioner(images, max_new_tokens=5, clip_rerank=4, clip_rerank_tolerance=tolerance)
+        picks[tolerance] = [outs[0]["generated_text"] for outs in kept]
+        for outs, ranked, by_beam in zip(kept, expected, beams, strict=True):
+            score = dict(ranked)
+            best = max(score.values())
+            first_near = next(
+                out["generated_text"] for out in by_beam if score[out["generated_text"]] >= best - tolerance
+            )
+            assert outs[0]["generated_text"] == first_near
+            assert outs[0]["clip_score"] == pytest.approx(score[first_near], abs=1e-5)
+    assert picks[0.0] == [ranked[0][0] for ranked in expected] != picks[0.3]  # CLIP's best; then not
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
+        (
+            {"clip_rerank_tolerance": 0.01},
+            "clip_rerank_tolerance applies to clip_rerank's candidates: give clip_rerank too",
+        ),
+        ({"clip_rerank": 2, "clip_rerank_tolerance": -0.1}, "a number >= 0; got -0.1"),
+        ({"clip_rerank": 2, "clip_rerank_tolerance": "0.1"}, "a number >= 0; got '0.1'"),
         (
             {"clip_rerank": 1},
             "clip_rerank is the number of candidates CLIP chooses from, an integer >= 2; got 1",

@@ -496,19 +496,19 @@ def unlabelled(tmp_path_factory, image_files):
     return folder
 
 
-@pytest.mark.parametrize("rerank", [1, 3])
+@pytest.mark.parametrize("rerank, tolerance", [(1, 0.0), (3, 0.0), (3, 0.3)])
 def test_each_image_gets_the_caption_the_model_gives_it(
-    saved_dir, model, processor, unlabelled, tmp_path, rerank
+    saved_dir, model, processor, unlabelled, tmp_path, rerank, tolerance
 ):
     output = tmp_path / "pseudo.jsonl"
     pseudo_captions_main(
         f"--model {saved_dir} --images {unlabelled} --clip_rerank {rerank} --max_new_tokens 6 "
-        f"--batch_size 3 --output_jsonl {output}".split()
+        f"--clip_rerank_tolerance {tolerance} --batch_size 3 --output_jsonl {output}".split()
     )
     rows = read_jsonl(output)
     files = sorted(str(path.resolve()) for path in unlabelled.rglob("*.png"))
     assert [row["image"] for row in rows] == files  # absolute paths, every image once, the text file skipped
-    decoding = {"clip_rerank": rerank} if rerank > 1 else {}
+    decoding = {"clip_rerank": rerank, "clip_rerank_tolerance": tolerance} if rerank > 1 else {}
     expected = caption_images(model, processor, files, batch_size=4, max_new_tokens=6, **decoding)
     assert [row["caption"] for row in rows] == expected
     if rerank == 1:  # greedy: what generate gives image by image
@@ -572,6 +572,15 @@ def test_bad_arguments_are_refused_by_name(saved_dir, tmp_path):
     with pytest.raises(ValueError, match=r"--clip_rerank must be at least 1 \(1: greedy\), got 0"):
         pseudo_captions_main(
             f"--model {saved_dir} --images {tmp_path} --clip_rerank 0 --output_jsonl x".split()
+        )
+    with pytest.raises(ValueError, match=r"--clip_rerank_tolerance must be at least 0, got -0.1"):
+        pseudo_captions_main(
+            f"--model {saved_dir} --images {tmp_path} --clip_rerank_tolerance -0.1 --output_jsonl x".split()
+        )
+    with pytest.raises(ValueError, match=r"--clip_rerank_tolerance applies to --clip_rerank's beams"):
+        pseudo_captions_main(
+            f"--model {saved_dir} --images {tmp_path} --clip_rerank 1 --clip_rerank_tolerance 0.01 "
+            "--output_jsonl x".split()
         )
     with pytest.raises(ValueError, match=r"holds no image files"):
         pseudo_captions_main(

@@ -68,6 +68,13 @@ class EvaluateArguments:
             "with --do_sample) and keep the one CLIP puts nearest the image."
         },
     )
+    clip_rerank_tolerance: float = field(
+        default=0.0,
+        metadata={
+            "help": "With --clip_rerank: keep the decoder's first candidate (beam search: the most probable) among "
+            "those within this CLIP cosine of the best; 0: CLIP's best."
+        },
+    )
     max_new_tokens: int | None = field(
         default=None,
         metadata={"help": "Longest caption in decoder tokens (the model's own default if not set)."},
@@ -125,6 +132,12 @@ class EvaluateArguments:
                 f"--clip_rerank {self.clip_rerank} needs {self.clip_rerank} beams, but --num_beams is "
                 f"{self.num_beams}: raise --num_beams or leave it out."
             )
+        if self.clip_rerank_tolerance < 0:
+            raise ValueError(f"--clip_rerank_tolerance must be at least 0, got {self.clip_rerank_tolerance}.")
+        if self.clip_rerank_tolerance and self.clip_rerank is None:
+            raise ValueError(
+                "--clip_rerank_tolerance applies to --clip_rerank's candidates: give --clip_rerank too."
+            )
         if self.dtype is not None and self.dtype not in DTYPES:  # a caller that bypasses the parser
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}.")
 
@@ -134,6 +147,8 @@ class EvaluateArguments:
         kwargs: dict[str, Any] = {"num_beams": self.num_beams}
         if self.clip_rerank is not None:
             kwargs["clip_rerank"] = self.clip_rerank
+            if self.clip_rerank_tolerance:
+                kwargs["clip_rerank_tolerance"] = self.clip_rerank_tolerance
             if self.num_beams == 1:  # the default: as many beams as candidates
                 kwargs.pop("num_beams")
         if self.max_new_tokens is not None:

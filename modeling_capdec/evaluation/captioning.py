@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..pipeline_capdec import candidate_generate_kwargs, clip_scores_of_captions
+from ..pipeline_capdec import (
+    candidate_generate_kwargs,
+    check_rerank_tolerance,
+    clip_rerank_order,
+    clip_scores_of_captions,
+)
 from ..processing_capdec import load_image
 from .eval_sets import ImageId
 
@@ -24,6 +29,7 @@ def caption_images(
     images: Sequence[Any],
     batch_size: int = 16,
     clip_rerank: int | None = None,
+    clip_rerank_tolerance: float = 0.0,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Caption `images` in batches with a tqdm progress bar; one caption per image, in order.
@@ -36,6 +42,8 @@ def caption_images(
             cannot be read raises `ImageLoadError` naming its index in `images`.
         clip_rerank: K decodes K candidates per image (`num_beams=K` unless set, or K samples) and keeps the one
             CLIP finds nearest the image, as the pipeline's `clip_rerank` (`model.clip_scores`).
+        clip_rerank_tolerance: with `clip_rerank`, keep the decoder's first candidate (beam search: the most
+            probable) among those within this CLIP cosine of the best, as the pipeline's (`clip_rerank_order`).
         generate_kwargs: passed to `model.generate`, e.g. `max_new_tokens=30, num_beams=5`.
 
     Example:
@@ -47,6 +55,7 @@ def caption_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_rerank_tolerance(clip_rerank_tolerance, clip_rerank)
     if clip_rerank is not None:
         generate_kwargs = dict(generate_kwargs)
         if candidate_generate_kwargs(generate_kwargs, clip_rerank) != 1:
@@ -63,7 +72,8 @@ def caption_images(
                 model.generate(pixel_values=pixel_values, **generate_kwargs)
             )
             if clip_rerank is not None and len(batch_captions) == clip_rerank * len(batch):
-                best = clip_scores_of_captions(model, processor, pixel_values, batch_captions).argmax(dim=-1)
+                scores = clip_scores_of_captions(model, processor, pixel_values, batch_captions)
+                best = clip_rerank_order(scores.cpu(), clip_rerank_tolerance)[:, 0]
                 batch_captions = [
                     batch_captions[row * clip_rerank + b] for row, b in enumerate(best.tolist())
                 ]
