@@ -564,7 +564,7 @@ def run_self_training(
     continues in supervised mode on those (image, own caption) pairs with `configuration/shapes_self_train.json`,
     as run `<name> + self-trained`.
     Returns the new runs' folders by seed and the wall time of each training."""
-    unlabelled = output_dir / "world" / SELF_TRAIN_FOLDER
+    self_train_images = output_dir / "world" / SELF_TRAIN_FOLDER
     several = len(args.seeds) > 1
     self_dirs: dict[str, dict[int, Path]] = {}
     runs: dict[str, list[str]] = {}
@@ -572,7 +572,7 @@ def run_self_training(
         for seed, model_dir in run_dirs.get(name, {}).items():
             corpus_file = output_dir / "pseudo_captions" / f"{model_dir.name}.jsonl"
             caption = ["-m", "processing.pseudo_captions", "--model", str(model_dir)]
-            caption += ["--images", str(unlabelled), "--clip_rerank", str(SELF_TRAIN_RERANK)]
+            caption += ["--images", str(self_train_images), "--clip_rerank", str(SELF_TRAIN_RERANK)]
             caption += ["--clip_rerank_tolerance", str(SELF_TRAIN_TOLERANCE)]
             caption += ["--max_new_tokens", "24", "--output_jsonl", str(corpus_file)]
             run_command(caption, output_dir / f"pseudo_{model_dir.name}.log")
